@@ -19,6 +19,8 @@ from harness.errors import HarnessError
 # Modules that contribute sub-commands, in the order they appear in `harness --help`.
 COMMAND_MODULES = (
     "harness.gguf.commands",
+    "harness.modelfile_commands",
+    "harness.report_commands",
 )
 
 

@@ -59,3 +59,7 @@ class ServerError(HarnessError):
 
 class RunRecordError(HarnessError):
     """A run folder is missing, incomplete, corrupt or of another schema version."""
+
+
+class SuiteDataError(HarnessError):
+    """A suite data file (prompts, references, grading rules) is missing, malformed or inconsistent."""
