@@ -1,0 +1,531 @@
+"""Rendering of reports, run lists and metric histories: terminal tables, Markdown (for a CI job summary) and
+JSON. Tables are drawn by tabulate; the content comes from `harness.report`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tabulate import tabulate
+
+from harness.errors import RunRecordError
+from harness.report import (
+    SHOWN_PERCENTILES,
+    HistoryRow,
+    MetricComparison,
+    RunReport,
+    SuiteSummary,
+)
+from harness.runs import RunRecord
+
+FORMATS = ("text", "markdown", "json")
+_TABLE_FORMATS = {"text": "simple", "markdown": "github"}
+
+
+# ------------------------------------------------------------------------------------------ values
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A metric value in a readable unit: seconds as ms, fractions as %, bytes as MiB."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms"
+    if unit == "fraction":
+        return f"{value * 100:.1f} %"
+    if unit == "bytes":
+        return f"{value / 2**20:.1f} MiB"
+    if unit == "req/s":
+        return f"{value:.2f} req/s"
+    if unit == "tok/s":
+        return f"{value:.1f} tok/s"
+    return f"{value:g}"
+
+
+def format_delta(row: MetricComparison) -> str:
+    """The change: relative when the threshold is, else absolute (percentage points for fractions)."""
+    judgement = row.judgement
+    if judgement.delta is None:
+        return "-"
+    if row.threshold.relative and judgement.relative_delta is not None:
+        return f"{judgement.relative_delta * 100:+.1f} %"
+    return _signed(judgement.delta, row.unit)
+
+
+def _signed(value: float, unit: str) -> str:
+    if unit == "fraction":
+        return f"{value * 100:+.1f} pt"
+    text = format_value(value, unit)
+    return text if value < 0 else "+" + text
+
+
+def format_interval(row: MetricComparison) -> str:
+    """The bootstrap interval of the change, when the metric has samples."""
+    interval = row.judgement.interval
+    if interval is None:
+        return ""
+    return f"[{_signed(interval[0], row.unit)}, {_signed(interval[1], row.unit)}]"
+
+
+def _short(text: Any, width: int = 60) -> str:
+    flat = " ".join(str(text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _when(started: Any, finished: Any) -> str:
+    """Start time and duration from run.json's ISO times (shown as stored when they do not parse)."""
+    try:
+        start = dt.datetime.fromisoformat(str(started))
+    except ValueError:
+        return f"{started} → {finished or 'not finished'}"
+    text = f"{start:%Y-%m-%d %H:%M:%S} UTC"
+    try:
+        return f"{text}, took {(dt.datetime.fromisoformat(str(finished)) - start).total_seconds():.1f} s"
+    except ValueError:
+        return f"{text}, not finished"
+
+
+def header_rows(run: RunRecord) -> list[tuple[str, str]]:
+    """When, where, on what and with which harness the run ran."""
+    meta = run.meta
+    server = meta.get("server") or {}
+    machine = meta.get("machine") or {}
+    harness = meta.get("harness") or {}
+    models = meta.get("models") or []
+    rows = [
+        ("run", f"{run.run_id} ({run.status})"),
+        ("when", _when(meta.get("started_at"), meta.get("finished_at"))),
+        (
+            "host",
+            f"{machine.get('hostname', '-')} ({machine.get('cpu', '-')}, {machine.get('cores', '-')} cores, "
+            f"GPU: {machine.get('gpu') or 'none'})",
+        ),
+        (
+            "server",
+            f"{server.get('host') or '-'}, version {server.get('version') or '-'}, "
+            f"engine {server.get('engine_kind') or '-'}",
+        ),
+        ("harness", f"{harness.get('version', '-')} at commit {(harness.get('commit') or 'unknown')[:12]}"),
+    ]
+    for model in models:
+        details = ", ".join(f"{key} {model[key]}" for key in ("profile", "tensor_type") if model.get(key))
+        digest = str(model.get("digest") or "no digest")
+        rows.append(
+            ("model", f"{model.get('name', '-')} {digest[:19]}" + (f" ({details})" if details else ""))
+        )
+    return rows
+
+
+def _suite_result(suite: SuiteSummary) -> str:
+    if suite.failed:
+        return "FAIL"
+    if suite.passed is False:
+        return "fails, as expected"
+    if suite.passed is None and not suite.tests["passed"]:
+        return "-"
+    return "pass"
+
+
+def _sections(report: RunReport) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """The report as (title, headers, rows) tables, shared by the text and Markdown renderings."""
+    sections: list[tuple[str, list[str], list[list[Any]]]] = []
+    sections.append(("Run", ["", ""], [list(row) for row in header_rows(report.run)]))
+    if report.suites:
+        sections.append(
+            (
+                "Suites",
+                [
+                    "model",
+                    "suite",
+                    "passed",
+                    "failed",
+                    "skipped",
+                    "xfailed",
+                    "n",
+                    "strict",
+                    "flexible",
+                    "threshold",
+                    "result",
+                ],
+                [
+                    [
+                        s.model,
+                        s.suite,
+                        s.tests["passed"],
+                        s.tests["failed"] + s.tests["error"],
+                        s.tests["skipped"],
+                        s.tests["xfailed"],
+                        s.n if s.n is not None else "-",
+                        format_value(s.accuracy_strict, "fraction"),
+                        format_value(s.accuracy_flexible, "fraction"),
+                        format_value(s.threshold, "fraction"),
+                        _suite_result(s),
+                    ]
+                    for s in report.suites
+                ],
+            )
+        )
+    if report.worst:
+        sections.append(
+            (
+                "Worst prompts",
+                ["model", "suite", "item", "strict", "flexible", "reason", "response"],
+                [
+                    [
+                        p.get("model", "-"),
+                        p.get("suite", "-"),
+                        p.get("item_id", "-"),
+                        p.get("score_strict", "-"),
+                        p.get("score_flexible", "-"),
+                        _short(p.get("reason"), 50),
+                        _short(p.get("response"), 40),
+                    ]
+                    for p in report.worst
+                ],
+            )
+        )
+    if report.load:
+        latency_rows = []
+        for load in report.load:
+            for label, values in (
+                ("TTFT", load.column("ttft_s")),
+                ("ITL", load.inter_token()),
+                ("e2e", load.column("e2e_s")),
+            ):
+                if len(values):
+                    latency_rows.append(
+                        [load.model, load.scenario, label, len(values)]
+                        + [format_value(float(np.percentile(values, q)), "s") for q in SHOWN_PERCENTILES]
+                    )
+        sections.append(
+            (
+                "Latency",
+                ["model", "scenario", "measure", "samples"] + [f"p{q}" for q in SHOWN_PERCENTILES],
+                latency_rows,
+            )
+        )
+        throughput_rows = []
+        for load in report.load:
+            metrics = {m.family: m for m in load.metrics()}
+            throughput_rows.append(
+                [
+                    load.model,
+                    load.scenario,
+                    len(load.samples),
+                    len(load.samples) - len(load.ok),
+                    format_value(
+                        metrics["tokens_per_s"].value if "tokens_per_s" in metrics else None, "tok/s"
+                    ),
+                    format_value(
+                        metrics["requests_per_s"].value if "requests_per_s" in metrics else None, "req/s"
+                    ),
+                    ", ".join(f"{kind}: {count}" for kind, count in load.errors_by_kind.most_common()) or "-",
+                ]
+            )
+        sections.append(
+            (
+                "Throughput",
+                ["model", "scenario", "requests", "errors", "tokens/s", "requests/s", "errors by kind"],
+                throughput_rows,
+            )
+        )
+    if report.memory:
+        sections.append(
+            (
+                "Memory",
+                [
+                    "model",
+                    "scenario",
+                    "/api/ps size",
+                    "context",
+                    "estimate",
+                    "RSS peak",
+                    "RSS growth",
+                    "unloaded",
+                ],
+                [
+                    [
+                        m.model,
+                        m.scenario or "-",
+                        format_value(m.ps_size, "bytes"),
+                        m.ps_context_length or "-",
+                        format_value(m.estimate_bytes, "bytes"),
+                        format_value(m.rss_peak, "bytes"),
+                        format_value(m.rss_growth, "bytes"),
+                        "-" if m.unload_freed is None else ("yes" if m.unload_freed else "NO"),
+                    ]
+                    for m in report.memory
+                ],
+            )
+        )
+    if report.baseline is not None:
+        sections.append(
+            (
+                f"Against baseline {report.baseline.run_id}",
+                [
+                    "model",
+                    "metric",
+                    "baseline",
+                    "current",
+                    "change",
+                    "interval of change",
+                    "threshold",
+                    "verdict",
+                ],
+                [
+                    [
+                        row.model,
+                        row.name,
+                        format_value(row.baseline, row.unit),
+                        format_value(row.current, row.unit),
+                        format_delta(row),
+                        format_interval(row),
+                        row.threshold.text,
+                        row.verdict,
+                    ]
+                    for row in report.comparison
+                ],
+            )
+        )
+    return sections
+
+
+def _escape_pipes(cell: Any) -> Any:
+    """A Markdown table cell: a literal | would end the cell."""
+    return cell.replace("|", "\\|") if isinstance(cell, str) else cell
+
+
+def _verdict_line(report: RunReport) -> str:
+    if not report.failures:
+        return "Result: OK"
+    regressed = [row for row in report.comparison if row.verdict == "REGRESSED"]
+    reasons = [reason for reason in report.failures if "REGRESSED" not in reason]
+    if regressed:
+        names = ", ".join(f"{row.name}" for row in regressed[:3]) + (", ..." if len(regressed) > 3 else "")
+        reasons.append(f"{len(regressed)} metric(s) REGRESSED ({names})")
+    return "Result: FAILED: " + "; ".join(reasons)
+
+
+def render_report(report: RunReport, output_format: str) -> str:
+    """The whole report in one format: "text", "markdown" or "json"."""
+    if output_format == "json":
+        return json.dumps(report_to_json(report), indent=2, ensure_ascii=False)
+    markdown = output_format == "markdown"
+    table_format = _TABLE_FORMATS[output_format]
+    parts: list[str] = []
+    if markdown:
+        parts.append(f"# Harness report: run {report.run.run_id}")
+    for warning in report.warnings:
+        parts.append(f"> **Warning:** {warning}" if markdown else f"WARNING: {warning}")
+    if report.baseline is None and report.baseline_note:
+        parts.append(report.baseline_note)
+    for title, headers, rows in _sections(report):
+        if not rows:
+            continue
+        heading = f"## {title}" if markdown else f"== {title}"
+        parts.append(
+            heading
+            + "\n\n"
+            + tabulate(
+                [[_escape_pipes(cell) for cell in row] for row in rows] if markdown else rows,
+                headers=headers if markdown or any(headers) else (),
+                tablefmt=table_format,
+                disable_numparse=True,
+            )
+        )
+    parts.append(f"**{_verdict_line(report)}**" if markdown else _verdict_line(report))
+    return "\n\n".join(parts) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def report_to_json(report: RunReport) -> dict[str, Any]:
+    """The report as plain data (values in base units: seconds, fractions, bytes)."""
+    run = report.run
+    return {
+        "run": {
+            "id": run.run_id,
+            "path": str(run.path),
+            "status": run.status,
+            "incomplete_reason": run.incomplete_reason,
+            **{
+                k: run.meta.get(k)
+                for k in ("started_at", "finished_at", "harness", "server", "machine", "models", "options")
+            },
+        },
+        "warnings": report.warnings,
+        "exit_status": report.exit_status,
+        "failures": report.failures,
+        "suites": [
+            {
+                "model": s.model,
+                "suite": s.suite,
+                "tests": dict(s.tests),
+                "n": s.n,
+                "accuracy_strict": s.accuracy_strict,
+                "accuracy_flexible": s.accuracy_flexible,
+                "threshold": s.threshold,
+                "passed": not s.failed,
+            }
+            for s in report.suites
+        ],
+        "worst_prompts": report.worst,
+        "load": [
+            {
+                "model": load.model,
+                "scenario": load.scenario,
+                "requests": len(load.samples),
+                "errors_by_kind": dict(load.errors_by_kind),
+                "wall_s": load.wall_s,
+                "client_cpu_s": load.client_cpu_s,
+                "metrics": {m.family: _clean(m.value) for m in load.metrics()},
+            }
+            for load in report.load
+        ],
+        "memory": [
+            {
+                "model": m.model,
+                "ps_size": m.ps_size,
+                "ps_context_length": m.ps_context_length,
+                "estimate_bytes": m.estimate_bytes,
+                "rss_peak": m.rss_peak,
+                "rss_growth": m.rss_growth,
+                "unload_freed": m.unload_freed,
+            }
+            for m in report.memory
+        ],
+        "baseline": None
+        if report.baseline is None
+        else {"id": report.baseline.run_id, "path": str(report.baseline.path)},
+        "baseline_note": report.baseline_note,
+        "comparison": [
+            {
+                "model": row.model,
+                "metric": row.name,
+                "unit": row.unit,
+                "better": row.better,
+                "baseline": _clean(row.baseline),
+                "current": _clean(row.current),
+                "delta": _clean(row.judgement.delta),
+                "relative_delta": _clean(row.judgement.relative_delta),
+                "interval": None
+                if row.judgement.interval is None
+                else [_clean(v) for v in row.judgement.interval],
+                "threshold": row.threshold.text,
+                "verdict": row.verdict,
+            }
+            for row in report.comparison
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------ list, history
+
+
+def _started(run: RunRecord) -> str:
+    """The start time to the second, for tables."""
+    return run.started_at[:19].replace("T", " ")
+
+
+def _models(run: RunRecord) -> str:
+    return ", ".join(str(model.get("name", "-")) for model in run.meta.get("models") or []) or "-"
+
+
+def render_run_list(
+    runs: Sequence[RunRecord], broken: Sequence[tuple[Path, RunRecordError]], output_format: str
+) -> str:
+    """`harness report --list`: one line per run, oldest first, and the folders that cannot be read."""
+    if output_format == "json":
+        return json.dumps(
+            {
+                "runs": [
+                    {
+                        "id": run.run_id,
+                        "path": str(run.path),
+                        "started_at": run.started_at,
+                        "status": run.status,
+                        "engine_kind": run.engine_kind,
+                        "host": (run.meta.get("machine") or {}).get("hostname"),
+                        "models": run.meta.get("models") or [],
+                    }
+                    for run in runs
+                ],
+                "unreadable": [{"path": str(path), "error": error.message} for path, error in broken],
+            },
+            indent=2,
+        )
+    rows: list[list[Any]] = [
+        [
+            run.run_id,
+            _started(run),
+            run.status,
+            run.engine_kind or "-",
+            (run.meta.get("machine") or {}).get("hostname", "-"),
+            _models(run),
+        ]
+        for run in runs
+    ]
+    rows.extend([path.name, "-", "UNREADABLE", "-", "-", error.message] for path, error in broken)
+    table = tabulate(
+        rows,
+        headers=["run", "started", "status", "engine", "host", "models"],
+        tablefmt=_TABLE_FORMATS[output_format],
+        disable_numparse=True,
+    )
+    return table + "\n" if rows else "no runs\n"
+
+
+def render_history(
+    pattern: str, keys: Sequence[tuple[str, str]], rows: Iterable[HistoryRow], output_format: str
+) -> str:
+    """`harness report --history METRIC`: one row per run, one column per (model, metric) that matched."""
+    rows = list(rows)
+    if output_format == "json":
+        return json.dumps(
+            {
+                "metric": pattern,
+                "runs": [
+                    {
+                        "id": row.run.run_id,
+                        "started_at": row.run.started_at,
+                        "status": row.run.status,
+                        "values": [
+                            {"model": model, "metric": name, "value": _clean(row.values[(model, name)].value)}
+                            for model, name in keys
+                            if (model, name) in row.values
+                        ],
+                    }
+                    for row in rows
+                ],
+            },
+            indent=2,
+        )
+
+    def formatter(row: HistoryRow, key: tuple[str, str]) -> str:
+        metric = row.values.get(key)
+        return format_value(metric.value, metric.unit) if metric else "-"
+
+    table = tabulate(
+        [
+            [row.run.run_id, _started(row.run), row.run.status] + [formatter(row, key) for key in keys]
+            for row in rows
+        ],
+        headers=["run", "started", "status"] + [f"{model} {name}" for model, name in keys],
+        tablefmt=_TABLE_FORMATS[output_format],
+        disable_numparse=True,
+    )
+    return table + "\n"
