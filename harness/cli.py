@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "harness.gguf.commands",
     "harness.modelfile_commands",
     "harness.report_commands",
+    "harness.engine.commands",
 )
 
 

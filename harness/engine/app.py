@@ -1,0 +1,529 @@
+"""The Ollama-compatible HTTP front (Starlette): routes, request parsing, NDJSON streaming, error texts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from harness import __version__
+from harness.engine.config import EngineConfig, parse_keep_alive
+from harness.engine.create import ApiError, ModelCreator, model_details
+from harness.engine.ggufinfo import read_gguf_info
+from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.options import OptionError, completion_fields, merge_options
+from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
+from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
+from harness.engine.store import (
+    MEDIA_LICENSE,
+    MEDIA_MESSAGES,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    DigestMismatchError,
+    InvalidDigestError,
+    Manifest,
+    Store,
+)
+
+log = logging.getLogger("harness.engine")
+
+OLLAMA_API_LEVEL = "0.33.0"
+# Semver with build metadata: compares equal to the Ollama API level it follows, and names this engine.
+ENGINE_VERSION = f"{OLLAMA_API_LEVEL}+harness.{__version__}"
+NDJSON = "application/x-ndjson"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat()
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "missing request body")
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise ApiError(400, f"invalid character in request body: {error}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "json: cannot unmarshal request body into a request object")
+    return data
+
+
+def _parse_name(value: Any, *, required_message: str = "model is required") -> ModelName:
+    if not value:
+        raise ApiError(400, required_message)
+    try:
+        return ModelName.parse(str(value))
+    except InvalidNameError:
+        raise ApiError(400, "invalid model name") from None
+
+
+async def _respond(
+    events: AsyncGenerator[dict[str, Any], None],
+    stream: bool,
+    combine: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> Response:
+    """NDJSON when streaming (errors before the first line get their status, later ones go in-band);
+    otherwise one JSON object built by `combine`, errors with their status."""
+    if not stream:
+        collected = []
+        try:
+            async for event in events:
+                collected.append(event)
+        except ApiError as error:
+            return _error(error.status, error.message)
+        return JSONResponse(combine(collected))
+    try:
+        first = await events.__anext__()
+    except StopAsyncIteration:
+        return Response(b"", media_type=NDJSON)
+    except ApiError as error:
+        return _error(error.status, error.message)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield json.dumps(first).encode() + b"\n"
+        try:
+            async for event in events:
+                yield json.dumps(event).encode() + b"\n"
+        except ApiError as error:
+            yield json.dumps({"error": error.message}).encode() + b"\n"
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
+
+
+def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    final = dict(chunks[-1])
+    if "message" in final:
+        final["message"] = {**final["message"], "content": "".join(c["message"]["content"] for c in chunks)}
+    else:
+        final["response"] = "".join(c.get("response", "") for c in chunks)
+    return final
+
+
+class Engine:
+    """State shared by the routes: settings, store, scheduler, creator."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.store = Store(config.models_dir)
+        self.scheduler = Scheduler(config, config.models_dir / "runner-logs")
+        self.creator = ModelCreator(self.store)
+
+    # --- helpers ---
+    def _manifest(self, name: ModelName, raw_name: str) -> Manifest:
+        manifest = self.store.load(name)
+        if manifest is None or manifest.layer(MEDIA_MODEL) is None:
+            raise ApiError(404, f"model '{raw_name}' not found")
+        return manifest
+
+    def _layer_text(self, manifest: Manifest, media_type: str) -> str | None:
+        layer = manifest.layer(media_type)
+        return self.store.read_blob_text(layer.digest) if layer else None
+
+    def _layer_json(self, manifest: Manifest, media_type: str) -> Any:
+        text = self._layer_text(manifest, media_type)
+        return json.loads(text) if text else None
+
+    def _config(self, manifest: Manifest) -> dict[str, Any]:
+        return dict(json.loads(self.store.read_blob_text(manifest.config.digest)))
+
+    def _model_request(
+        self, manifest: Manifest, options: dict[str, Any], keep_alive_s: float
+    ) -> ModelRequest:
+        config = self._config(manifest)
+        num_ctx = options["num_ctx"] or self.config.context_length
+        trained = config.get("context_length")
+        if isinstance(trained, int) and trained > 0 and num_ctx > trained:
+            log.log(
+                logging.WARNING if options["num_ctx"] else logging.DEBUG,
+                "requested context size too large for model num_ctx=%d n_ctx_train=%d",
+                num_ctx,
+                trained,
+            )
+            num_ctx = trained
+        model_layer = manifest.layer(MEDIA_MODEL)
+        assert model_layer is not None
+        return ModelRequest(
+            key=manifest.name.key(),
+            display_name=str(manifest.name),
+            model_path=self.store.blob_path(model_layer.digest),
+            digest=manifest.digest,
+            details=model_details(config),
+            load_options=LoadOptions(
+                num_ctx=max(4, num_ctx),
+                num_batch=options["num_batch"],
+                num_thread=options["num_thread"] or self.config.num_thread,
+            ),
+            keep_alive_s=keep_alive_s,
+        )
+
+    def _keep_alive(self, body: dict[str, Any]) -> float:
+        if body.get("keep_alive") is None:
+            return self.config.keep_alive_s
+        try:
+            return parse_keep_alive(body["keep_alive"])
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+
+    # --- routes ---
+    async def root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": ENGINE_VERSION})
+
+    async def tags(self, request: Request) -> Response:
+        models = []
+        for manifest in self.store.list():
+            if manifest.layer(MEDIA_MODEL) is None:
+                continue
+            models.append(
+                {
+                    "name": str(manifest.name),
+                    "model": str(manifest.name),
+                    "modified_at": manifest.modified_at.astimezone().isoformat(),
+                    "size": manifest.size,
+                    "digest": manifest.digest.removeprefix("sha256:"),
+                    "details": model_details(self._config(manifest)),
+                }
+            )
+        return JSONResponse({"models": models})
+
+    async def ps(self, request: Request) -> Response:
+        return JSONResponse({"models": self.scheduler.ps()})
+
+    async def runners(self, request: Request) -> Response:
+        """Debug only (not part of Ollama's API): the runner processes and their pids."""
+        return JSONResponse({"runners": self.scheduler.runner_pids()})
+
+    async def show(self, request: Request) -> Response:
+        body = await _body(request)
+        raw_name = str(body.get("model") or body.get("name") or "")
+        manifest = self._manifest(_parse_name(raw_name), raw_name)
+        config = self._config(manifest)
+        model_layer = manifest.layer(MEDIA_MODEL)
+        assert model_layer is not None
+        model_path = self.store.blob_path(model_layer.digest)
+        info = read_gguf_info(model_path, keep_arrays=bool(body.get("verbose")))
+        model_info = {
+            k: v for k, v in info.kv.items() if k not in ("general.name", "tokenizer.chat_template")
+        }
+        model_info["general.parameter_count"] = info.parameter_count
+        parameters = self._layer_json(manifest, MEDIA_PARAMS) or {}
+        template = self._layer_text(manifest, MEDIA_TEMPLATE)
+        system = self._layer_text(manifest, MEDIA_SYSTEM)
+        licenses = [
+            self.store.read_blob_text(layer.digest)
+            for layer in manifest.layers
+            if layer.media_type == MEDIA_LICENSE
+        ]
+        answer: dict[str, Any] = {
+            "modelfile": _modelfile_text(manifest, model_path, template, system, parameters, licenses),
+            "parameters": _parameters_text(parameters),
+            "template": template or "{{ .Prompt }}",
+            "details": model_details(config),
+            "model_info": model_info,
+            "capabilities": ["completion"],
+            "modified_at": manifest.modified_at.astimezone().isoformat(),
+        }
+        if system:
+            answer["system"] = system
+        if licenses:
+            answer["license"] = "\n".join(licenses)
+        messages = self._layer_json(manifest, MEDIA_MESSAGES)
+        if messages:
+            answer["messages"] = messages
+        if body.get("verbose"):
+            answer["tensors"] = [
+                {"name": t.name, "type": t.type_name(), "shape": t.shape} for t in info.tensors
+            ]
+        return JSONResponse(answer)
+
+    async def delete(self, request: Request) -> Response:
+        body = await _body(request)
+        raw_name = body.get("model") or body.get("name") or ""
+        try:
+            name = ModelName.parse(raw_name)
+        except InvalidNameError:
+            raise ApiError(400, f'name "{raw_name}" is invalid') from None
+        stored = self.store.resolve(name)
+        if stored is None or not self.store.delete(stored):
+            raise ApiError(404, f"model '{raw_name}' not found")
+        await self.scheduler.unload_key(stored.key())
+        return Response(status_code=200)
+
+    async def copy(self, request: Request) -> Response:
+        body = await _body(request)
+        names = {}
+        for field in ("source", "destination"):
+            try:
+                names[field] = ModelName.parse(body.get(field) or "")
+            except InvalidNameError:
+                raise ApiError(400, f'{field} "{body.get(field, "")}" is invalid') from None
+        if not self.store.copy(names["source"], names["destination"]):
+            raise ApiError(404, f'model "{body["source"]}" not found')
+        return Response(status_code=200)
+
+    async def head_blob(self, request: Request) -> Response:
+        try:
+            exists = self.store.has_blob(request.path_params["digest"])
+        except InvalidDigestError as error:
+            raise ApiError(400, str(error)) from None
+        if not exists:
+            raise ApiError(404, f'blob "{request.path_params["digest"]}" not found')
+        return Response(status_code=200)
+
+    async def create_blob(self, request: Request) -> Response:
+        digest = request.path_params["digest"]
+        try:
+            if self.store.has_blob(digest):
+                return Response(status_code=200)
+            await self.store.write_blob(digest, request.stream())
+        except InvalidDigestError as error:
+            raise ApiError(400, str(error)) from None
+        except DigestMismatchError as error:
+            raise ApiError(400, str(error)) from None
+        return Response(status_code=201)
+
+    async def create(self, request: Request) -> Response:
+        body = await _body(request)
+        name = self.creator.check_request(body)
+        events = self.creator.create(name, body)
+        return await _respond(events, body.get("stream", True) is not False, lambda chunks: chunks[-1])
+
+    async def generate(self, request: Request) -> Response:
+        body = await _body(request)
+        raw_name = str(body.get("model") or "")
+        name = _parse_name(raw_name)
+        if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+            raise ApiError(400, "raw mode does not support template, system, or context")
+        manifest = self._manifest(name, raw_name)
+        prompt = body.get("prompt") or ""
+        if not prompt and not body.get("images"):
+            return await self._load_or_unload(manifest, body, {"response": ""})
+        if body.get("raw"):
+            text = prompt
+        else:
+            from harness.engine.prompt import render_generate
+
+            template = body.get("template") or self._layer_text(manifest, MEDIA_TEMPLATE)
+            system = body.get("system") or self._layer_text(manifest, MEDIA_SYSTEM)
+            try:
+                text = render_generate(template, system=system, prompt=prompt)
+            except ValueError as error:
+                raise ApiError(500, f"template error: {error}") from None
+        return await self._run(manifest, body, text, lambda content: {"response": content})
+
+    async def chat(self, request: Request) -> Response:
+        body = await _body(request)
+        raw_name = str(body.get("model") or "")
+        name = _parse_name(raw_name)
+        manifest = self._manifest(name, raw_name)
+        messages = body.get("messages") or []
+        if not isinstance(messages, list):
+            raise ApiError(400, "messages must be a list")
+
+        def message(content: str) -> dict[str, Any]:
+            return {"message": {"role": "assistant", "content": content}}
+
+        if not messages:
+            return await self._load_or_unload(manifest, body, message(""))
+        from harness.engine.prompt import render_chat
+
+        stored_messages = self._layer_json(manifest, MEDIA_MESSAGES) or []
+        try:
+            text = render_chat(
+                self._layer_text(manifest, MEDIA_TEMPLATE),
+                [*stored_messages, *messages],
+                system=self._layer_text(manifest, MEDIA_SYSTEM),
+            )
+        except ValueError as error:
+            raise ApiError(500, f"template error: {error}") from None
+        return await self._run(manifest, body, text, message)
+
+    async def _load_or_unload(
+        self, manifest: Manifest, body: dict[str, Any], empty: dict[str, Any]
+    ) -> Response:
+        keep_alive_s = self._keep_alive(body)
+        answer = {"model": body["model"], "created_at": _now(), **empty, "done": True}
+        if keep_alive_s == 0:
+            await self.scheduler.unload_when_idle(manifest.name.key())
+            return JSONResponse({**answer, "done_reason": "unload"})
+        options = self._options(manifest, body)
+        model = await self._acquire(self._model_request(manifest, options, keep_alive_s))
+        await self.scheduler.release(model)
+        return JSONResponse({**answer, "done_reason": "load"})
+
+    def _options(self, manifest: Manifest, body: dict[str, Any]) -> dict[str, Any]:
+        request_options = body.get("options") or {}
+        if not isinstance(request_options, dict):
+            raise ApiError(400, "options must be an object")
+        try:
+            return merge_options(self._layer_json(manifest, MEDIA_PARAMS), request_options)
+        except OptionError as error:
+            raise ApiError(500, str(error)) from None
+
+    async def _acquire(self, model_request: ModelRequest) -> LoadedModel:
+        try:
+            return await self.scheduler.acquire(model_request)
+        except QueueFullError as error:
+            raise ApiError(503, str(error)) from None
+        except RunnerLoadError as error:
+            raise ApiError(500, str(error)) from None
+
+    async def _run(
+        self, manifest: Manifest, body: dict[str, Any], prompt: str, wrap: Callable[[str], dict[str, Any]]
+    ) -> Response:
+        started = time.monotonic_ns()
+        options = self._options(manifest, body)
+        model_request = self._model_request(manifest, options, self._keep_alive(body))
+        payload = {"prompt": prompt, **completion_fields(options)}
+        model_name = body["model"]
+
+        async def events() -> AsyncGenerator[dict[str, Any], None]:
+            model = await self._acquire(model_request)
+            loaded = time.monotonic_ns()
+            failed = False
+            first_event = True
+            try:
+                async for event in model.runner.completion(payload):
+                    if first_event:
+                        first_event = False
+                        log.debug(
+                            "first event from runner: %.2f ms after request start (%.2f ms after slot)",
+                            (time.monotonic_ns() - started) / 1e6,
+                            (time.monotonic_ns() - loaded) / 1e6,
+                        )
+                    if not event.get("stop"):
+                        yield {
+                            "model": model_name,
+                            "created_at": _now(),
+                            **wrap(event.get("content", "")),
+                            "done": False,
+                        }
+                        continue
+                    timings = event.get("timings", {})
+                    final = {
+                        "model": model_name,
+                        "created_at": _now(),
+                        **wrap(event.get("content", "")),
+                        "done": True,
+                        "done_reason": "length" if event.get("stop_type") == "limit" else "stop",
+                        "total_duration": time.monotonic_ns() - started,
+                        "load_duration": loaded - started,
+                        "prompt_eval_count": int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0)),
+                        "prompt_eval_duration": int(timings.get("prompt_ms", 0.0) * 1e6),
+                        "eval_count": int(timings.get("predicted_n", event.get("tokens_predicted", 0))),
+                        "eval_duration": int(timings.get("predicted_ms", 0.0) * 1e6),
+                    }
+                    yield final
+            except RunnerDiedError as error:
+                failed = True
+                raise ApiError(500, str(error)) from None
+            except RunnerRequestError as error:
+                raise ApiError(400 if error.status == 400 else 500, str(error)) from None
+            finally:
+                if failed:
+                    model.broken = True
+                await self.scheduler.release(model)
+
+        return await _respond(events(), body.get("stream", True) is not False, _combine_generation)
+
+    async def shutdown(self) -> None:
+        await self.scheduler.shutdown()
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
+    lines = []
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<30} {json.dumps(item) if isinstance(item, str) else item}")
+    return "\n".join(lines)
+
+
+def _modelfile_text(
+    manifest: Manifest,
+    model_path: Path,
+    template: str | None,
+    system: str | None,
+    parameters: dict[str, Any],
+    licenses: list[str],
+) -> str:
+    lines = [
+        '# Modelfile generated by "ollama show"',
+        "# To build a new Modelfile based on this, replace FROM with:",
+        f"# FROM {manifest.name}",
+        "",
+        f"FROM {model_path}",
+    ]
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {json.dumps(item) if isinstance(item, str) else item}")
+    lines.extend(f'LICENSE """{text}"""' for text in licenses)
+    return "\n".join(lines) + "\n"
+
+
+def _handler(method: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            response: Response = await method(request)
+        except ApiError as error:
+            return _error(error.status, error.message)
+        return response
+
+    return endpoint
+
+
+def build_app(config: EngineConfig) -> Starlette:
+    """The ASGI app; runners are stopped when the app shuts down."""
+    engine = Engine(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info("Listening on %s:%d (version %s)", config.host, config.port, ENGINE_VERSION)
+        try:
+            yield
+        finally:
+            await engine.shutdown()
+
+    routes = [
+        Route("/", _handler(engine.root), methods=["GET", "HEAD"]),
+        Route("/api/version", _handler(engine.version), methods=["GET", "HEAD"]),
+        Route("/api/tags", _handler(engine.tags), methods=["GET", "HEAD"]),
+        Route("/api/ps", _handler(engine.ps), methods=["GET"]),
+        Route("/api/show", _handler(engine.show), methods=["POST"]),
+        Route("/api/delete", _handler(engine.delete), methods=["DELETE"]),
+        Route("/api/copy", _handler(engine.copy), methods=["POST"]),
+        Route("/api/blobs/{digest}", _handler(engine.head_blob), methods=["HEAD"]),
+        Route("/api/blobs/{digest}", _handler(engine.create_blob), methods=["POST"]),
+        Route("/api/create", _handler(engine.create), methods=["POST"]),
+        Route("/api/generate", _handler(engine.generate), methods=["POST"]),
+        Route("/api/chat", _handler(engine.chat), methods=["POST"]),
+        Route("/harness/runners", _handler(engine.runners), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.engine = engine
+    return app

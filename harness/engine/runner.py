@@ -1,0 +1,280 @@
+"""One llama.cpp runner per loaded model: a child process serving xllamacpp's HTTP API on a loopback port.
+
+Child side: `python -m harness.engine.runner --model PATH --ctx N --parallel P [--threads T] [--batch B]`
+loads the model into `xllamacpp.Server`, prints `READY <url>` on stdout and waits for SIGTERM/SIGINT.
+On a load failure llama.cpp's own lines are on stderr and the child exits 1 (or dies of the abort).
+
+Front side: `RunnerProcess` starts the child with its stderr kept in a log file, dies with the engine
+(PR_SET_PDEATHSIG), streams `/completion` over httpx, and turns a failed start into Ollama 0.33's message
+`llama-server process has terminated: exit status 1: error loading model: <cause>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+log = logging.getLogger("harness.engine")
+
+_PR_SET_PDEATHSIG = 1
+# Lines of llama.cpp's stderr that carry the cause of a failed load, in the order Ollama prefers them.
+_CAUSE_MARKERS = (
+    "error loading model",
+    "GGML_ASSERT",
+    "gguf_init_from_",
+    "llama_model_load_from_file",
+    "error:",
+)
+
+
+def set_parent_death_signal() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphans even if the engine is killed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class RunnerLoadError(RuntimeError):
+    """The runner could not load its model; the message is Ollama's text, `cause` llama.cpp's own line."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+class RunnerDiedError(RuntimeError):
+    """The runner process went away while serving a request."""
+
+
+class RunnerRequestError(RuntimeError):
+    """The runner refused a request (llama-server's status and message, e.g. a prompt over the context)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def extract_cause(stderr_text: str) -> str:
+    """llama.cpp's cause line from a runner's stderr, from the marker on (e.g. `error loading model: ...`)."""
+    for marker in _CAUSE_MARKERS:
+        for line in stderr_text.splitlines():
+            index = line.find(marker)
+            if index >= 0:
+                return line[index:].strip()
+    return ""
+
+
+def termination_message(returncode: int | None, stderr_text: str) -> str:
+    """Ollama 0.33's wording for a runner that exited before becoming ready."""
+    cause = extract_cause(stderr_text)
+    if returncode is not None and returncode > 0:
+        status = f"exit status {returncode}"
+    elif returncode is not None and returncode < 0:
+        try:
+            status = f"signal: {signal.Signals(-returncode).name.removeprefix('SIG').lower()}"
+        except ValueError:
+            status = f"signal: {-returncode}"
+        if cause:
+            return f"llama-server process has terminated: {cause}"
+    else:
+        status = "exit status unknown"
+    return f"llama-server process has terminated: {status}" + (f": {cause}" if cause else "")
+
+
+class RunnerProcess:
+    """Front-side handle of one runner child."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, url: str, log_path: Path, model_path: Path
+    ) -> None:
+        self.process = process
+        self.url = url
+        self.log_path = log_path
+        self.model_path = model_path
+        self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(None, connect=10.0))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @classmethod
+    async def start(
+        cls,
+        model_path: Path,
+        *,
+        n_ctx: int,
+        n_parallel: int,
+        n_threads: int,
+        n_batch: int,
+        log_dir: Path,
+        timeout_s: float,
+    ) -> RunnerProcess:
+        """Start a runner and wait until its model is loaded; raise RunnerLoadError with the cause."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"runner-{os.getpid()}-{time.monotonic_ns()}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "harness.engine.runner",
+            "--model",
+            str(model_path),
+            "--ctx",
+            str(n_ctx),
+            "--parallel",
+            str(n_parallel),
+            "--threads",
+            str(n_threads),
+            "--batch",
+            str(n_batch),
+        ]
+        with log_path.open("wb") as stderr_file:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr_file,
+                preexec_fn=set_parent_death_signal,
+            )
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(
+                process.stdout.readline(), None if timeout_s == float("inf") else timeout_s
+            )
+        except asyncio.CancelledError:
+            await asyncio.shield(_kill(process))  # the request went away while loading: leave no runner
+            raise
+        except asyncio.TimeoutError:
+            await _kill(process)
+            cause = extract_cause(log_path.read_text(errors="replace"))
+            message = f"timed out waiting for llama-server to start - {cause}".rstrip(" -")
+            raise RunnerLoadError(message, cause) from None
+        if not line.startswith(b"READY "):
+            returncode = await process.wait()
+            stderr_text = log_path.read_text(errors="replace")
+            log_path.unlink()
+            raise RunnerLoadError(termination_message(returncode, stderr_text), extract_cause(stderr_text))
+        url = line.decode().split(" ", 1)[1].strip()
+        log.info("llama-server started: pid=%d url=%s model=%s", process.pid, url, model_path)
+        return cls(process, url, log_path, model_path)
+
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the runner process (what /api/ps reports as size)."""
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def death_message(self) -> str:
+        """Why the runner is gone, in Ollama's words, for errors on in-flight requests."""
+        return termination_message(self.process.returncode, self.log_path.read_text(errors="replace"))
+
+    async def completion(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream llama-server `/completion` events (SSE `data:` lines) as dicts; raise RunnerDiedError."""
+        try:
+            async with self.client.stream(
+                "POST", "/completion", json={**payload, "stream": True}
+            ) as response:
+                if response.status_code != 200:
+                    body = await response.aread()
+                    message = _error_text(body) or f"llama-server answered {response.status_code}"
+                    raise RunnerRequestError(response.status_code, message)
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        event = json.loads(line[6:])
+                        if "error" in event:
+                            raise RunnerRequestError(500, _error_text(json.dumps(event).encode()))
+                        yield event
+        except (httpx.TransportError, httpx.StreamError) as error:
+            await asyncio.sleep(0.05)
+            if not self.alive() or self.process.returncode is not None:
+                raise RunnerDiedError(self.death_message()) from error
+            raise RunnerDiedError(f"an error was encountered while running the model: {error}") from error
+
+    async def stop(self) -> None:
+        """Terminate the child (SIGTERM, then SIGKILL after 5 s) and close the HTTP client."""
+        await self.client.aclose()
+        await _kill(self.process)
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace").strip()
+    error = data.get("error", data)
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), 5.0)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    set_parent_death_signal()
+    # Only the main thread takes these signals; llama.cpp's threads inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.n_ctx = args.ctx
+    params.n_parallel = args.parallel
+    params.kv_unified = False
+    params.n_batch = args.batch
+    if args.threads > 0:
+        params.cpuparams.n_threads = args.threads
+        params.cpuparams_batch.n_threads = args.threads
+    params.verbosity = 1
+    params.fit_params = False
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0
+    try:
+        server = xllamacpp.Server(params)
+    except RuntimeError as error:
+        print(f"runner: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"READY {server.listening_address}", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.engine.runner")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch", type=int, default=512)
+    return _serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
