@@ -41,13 +41,12 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from harness.errors import ServerError
+from harness.subprocess_server import SubprocessServer
 
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 CANNED_VERSION = "0.0.0-canned"
@@ -299,12 +298,14 @@ def create_app(
     return app
 
 
-class CannedServer:
+class CannedServer(SubprocessServer):
     """Runs the canned server in a child process on a free loopback port; stops it (and its runners) on exit.
 
     >>> with CannedServer(CannedBehaviour(chunks=4), parallel=2) as server:  # doctest: +SKIP
     ...     server.host   # "127.0.0.1:PORT", for ollama.AsyncClient(host=...)
     """
+
+    name = "canned server"
 
     def __init__(
         self,
@@ -315,29 +316,14 @@ class CannedServer:
         runner_bytes: int = 0,
         start_timeout_s: float = 20.0,
     ) -> None:
+        super().__init__(start_timeout_s=start_timeout_s)
         self.behaviour = behaviour or CannedBehaviour()
         self.parallel = parallel
         self.max_queue = max_queue
         self.runner_bytes = runner_bytes
-        self.start_timeout_s = start_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise ServerError("the canned server is not running", "use it as a context manager")
-        return self.process.pid
-
-    def __enter__(self) -> CannedServer:
+    def _launch(self) -> subprocess.Popen[bytes]:
+        """The child gets an already listening socket: no race for the port."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -349,43 +335,18 @@ class CannedServer:
         if self.parallel is not None:
             argv += ["--parallel", str(self.parallel)]
         try:
-            self.process = subprocess.Popen(argv, pass_fds=(sock.fileno(),))
+            return subprocess.Popen(argv, pass_fds=(sock.fileno(),))
         finally:
             sock.close()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise ServerError(
-                    f"the canned server exited with code {self.process.returncode} before it was ready",
-                    "run `python -m harness.canned_server --port 0` to see its error",
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise ServerError(
-            f"the canned server did not answer on {self.url} within {self.start_timeout_s:.0f} s",
-            "the machine may be overloaded; raise start_timeout_s",
+    def _hint(self) -> str:
+        return (
+            "run `python -m harness.canned_server --port 0` to see its error; "
+            "if the machine is overloaded, raise start_timeout_s"
         )
 
-    def __exit__(self, *exc: object) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
         self.process = None
 
 

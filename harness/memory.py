@@ -129,16 +129,19 @@ def _hyperparameters(path: Path) -> tuple[_Hyper, int]:
     return hyper, weights
 
 
-def _compute_allowance(hyper: _Hyper, n_ctx_slot: int, *, n_ubatch: int, flash_attention: bool) -> int:
+def _compute_allowance(
+    hyper: _Hyper, n_ctx_slot: int, n_ctx_total: int, *, n_ubatch: int, flash_attention: bool
+) -> int:
     """llama.cpp's CPU compute buffer, approximately (fitted on llama models; see tests/test_memory.py).
 
     llama-server keeps one KV stream per slot (`kv_unified = false`), so attention spans one slot's context.
     With flash attention (llama.cpp's `auto` on CPU) the context-dependent part is the f16 KQ mask,
     n_ubatch x n_ctx_slot x 2 bytes; without it add the f32 attention scores, x n_head x 4 bytes. The rest is
     the largest live set of f32 activation rows per token: the logits (n_vocab + n_embd) or the layer's
-    activations (4 n_embd + 2 n_ff + n_embd_k + n_embd_v).
+    activations (4 n_embd + 2 n_ff + n_embd_k + n_embd_v). llama.cpp caps n_ubatch by the whole context
+    (all slots), not by one slot's.
     """
-    ubatch = min(n_ubatch, n_ctx_slot)
+    ubatch = min(n_ubatch, n_ctx_total)
     per_token = max(
         hyper.n_vocab + hyper.n_embd, 4 * hyper.n_embd + 2 * hyper.n_ff + hyper.n_embd_k + hyper.n_embd_v
     )
@@ -178,7 +181,9 @@ def estimate_model_memory(
     kv = int(
         hyper.n_layer * n_ctx_total * (hyper.n_embd_k + hyper.n_embd_v) * KV_BYTES_PER_ELEMENT[kv_cache_type]
     )
-    compute = _compute_allowance(hyper, num_ctx, n_ubatch=n_ubatch, flash_attention=flash_attention)
+    compute = _compute_allowance(
+        hyper, num_ctx, n_ctx_total, n_ubatch=n_ubatch, flash_attention=flash_attention
+    )
     total = weights + kv + compute
     return MemoryEstimate(weights, kv, compute, total, num_ctx, num_parallel, hyper.n_ctx_train)
 

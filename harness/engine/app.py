@@ -19,7 +19,7 @@ from starlette.routing import Route
 from harness import __version__
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
-from harness.engine.ggufinfo import read_gguf_info
+from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.options import OptionError, completion_fields, merge_options
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
@@ -143,6 +143,10 @@ class Engine:
         text = self._layer_text(manifest, media_type)
         return json.loads(text) if text else None
 
+    def _stored_messages(self, manifest: Manifest) -> list[dict[str, Any]]:
+        """The Modelfile MESSAGEs (Ollama passes them before the request's own)."""
+        return list(self._layer_json(manifest, MEDIA_MESSAGES) or [])
+
     def _config(self, manifest: Manifest) -> dict[str, Any]:
         return dict(json.loads(self.store.read_blob_text(manifest.config.digest)))
 
@@ -212,7 +216,8 @@ class Engine:
         return JSONResponse({"models": self.scheduler.ps()})
 
     async def runners(self, request: Request) -> Response:
-        """Debug only (not part of Ollama's API): the runner processes and their pids."""
+        """Debug only (not part of Ollama's API): the runner processes, their pids, resident memory
+        (`rss_bytes`) and llama.cpp's logged buffer total (`buffer_bytes`, what /api/ps reports)."""
         return JSONResponse({"runners": self.scheduler.runner_pids()})
 
     async def show(self, request: Request) -> Response:
@@ -223,11 +228,10 @@ class Engine:
         model_layer = manifest.layer(MEDIA_MODEL)
         assert model_layer is not None
         model_path = self.store.blob_path(model_layer.digest)
-        info = read_gguf_info(model_path, keep_arrays=bool(body.get("verbose")))
-        model_info = {
-            k: v for k, v in info.kv.items() if k not in ("general.name", "tokenizer.chat_template")
-        }
-        model_info["general.parameter_count"] = info.parameter_count
+        try:
+            info = read_gguf_info(model_path)
+        except GGUFFormatError as error:
+            raise ApiError(500, str(error)) from None
         parameters = self._layer_json(manifest, MEDIA_PARAMS) or {}
         template = self._layer_text(manifest, MEDIA_TEMPLATE)
         system = self._layer_text(manifest, MEDIA_SYSTEM)
@@ -241,7 +245,7 @@ class Engine:
             "parameters": _parameters_text(parameters),
             "template": template or "{{ .Prompt }}",
             "details": model_details(config),
-            "model_info": model_info,
+            "model_info": info.model_info(verbose=bool(body.get("verbose"))),
             "capabilities": ["completion"],
             "modified_at": manifest.modified_at.astimezone().isoformat(),
         }
@@ -253,9 +257,7 @@ class Engine:
         if messages:
             answer["messages"] = messages
         if body.get("verbose"):
-            answer["tensors"] = [
-                {"name": t.name, "type": t.type_name(), "shape": t.shape} for t in info.tensors
-            ]
+            answer["tensors"] = info.tensors()
         return JSONResponse(answer)
 
     async def delete(self, request: Request) -> Response:
@@ -326,9 +328,14 @@ class Engine:
             from harness.engine.prompt import render_generate
 
             template = body.get("template") or self._layer_text(manifest, MEDIA_TEMPLATE)
-            system = body.get("system") or self._layer_text(manifest, MEDIA_SYSTEM)
             try:
-                text = render_generate(template, system=system, prompt=prompt)
+                text = render_generate(
+                    template,
+                    system=body.get("system"),
+                    prompt=prompt,
+                    model_system=self._layer_text(manifest, MEDIA_SYSTEM),
+                    model_messages=[] if body.get("context") else self._stored_messages(manifest),
+                )
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
         return await self._run(manifest, body, text, lambda content: {"response": content})
@@ -349,12 +356,12 @@ class Engine:
             return await self._load_or_unload(manifest, body, message(""))
         from harness.engine.prompt import render_chat
 
-        stored_messages = self._layer_json(manifest, MEDIA_MESSAGES) or []
         try:
             text = render_chat(
                 self._layer_text(manifest, MEDIA_TEMPLATE),
-                [*stored_messages, *messages],
+                messages,
                 system=self._layer_text(manifest, MEDIA_SYSTEM),
+                model_messages=self._stored_messages(manifest),
             )
         except ValueError as error:
             raise ApiError(500, f"template error: {error}") from None
@@ -398,6 +405,7 @@ class Engine:
         model_request = self._model_request(manifest, options, self._keep_alive(body))
         payload = {"prompt": prompt, **completion_fields(options)}
         model_name = body["model"]
+        log.debug("rendered prompt for %s: %s", model_name, json.dumps(prompt))
 
         async def events() -> AsyncGenerator[dict[str, Any], None]:
             model = await self._acquire(model_request)

@@ -1,117 +1,65 @@
-"""Read a GGUF file's header the way Ollama's decoder does: metadata, tensor infos, and the bounds check.
+"""A GGUF header as Ollama's engine sees it: the bounded reader from `harness.gguf.reader`, plus what is
+engine-specific: Ollama's decoder error texts, the `details` (family, parameter_size, quantization_level)
+and the JSON-ready `model_info`/`tensors` of `/api/show`.
 
-Used at create time (Ollama's `parsing GGUF` step) and for `/api/show`, `/api/tags` and `/api/ps` details.
+Used at create time (Ollama's `parsing GGUF` step) and for `/api/show`, `/api/tags` and `/api/ps`.
 Only the header is read; tensor data is never loaded.
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import gguf
 
-GGUF_MAGIC = b"GGUF"
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_STRING, _ARRAY = 8, 9
-_FILE_TYPES = {
-    0: "F32",
-    1: "F16",
-    2: "Q4_0",
-    3: "Q4_1",
-    7: "Q8_0",
-    8: "Q5_0",
-    9: "Q5_1",
-    10: "Q2_K",
-    11: "Q3_K_S",
-    12: "Q3_K_M",
-    13: "Q3_K_L",
-    14: "Q4_K_S",
-    15: "Q4_K_M",
-    16: "Q5_K_S",
-    17: "Q5_K_M",
-    18: "Q6_K",
-    32: "BF16",
-}
+from harness.gguf.reader import GGUF_MAGIC, ArrayValue, GGUFHeader, ReadProblem, read_gguf_header
+
+# Reader finding codes -> the words of Ollama's decoder (fs/ggml/gguf.go).
+_TRUNCATED = {"empty-file", "truncated-header", "truncated-kv", "truncated-tensor-info"}
+_SHOWN_ARRAY_ITEMS = 5  # without `verbose`, /api/show empties longer arrays (general.* arrays excepted)
 
 
 class GGUFFormatError(ValueError):
     """The bytes are not a readable GGUF file (message in Ollama's decoder words)."""
 
 
-@dataclass
-class TensorInfo:
-    name: str
-    shape: list[int]
-    ggml_type: int
-    offset: int
-
-    def n_elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
-
-    def n_bytes(self) -> int:
-        try:
-            block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(self.ggml_type)]
-        except (ValueError, KeyError) as error:
-            raise GGUFFormatError(f"invalid type: {self.ggml_type}") from error
-        return self.n_elements() * type_size // block
-
-    def type_name(self) -> str:
-        try:
-            return gguf.GGMLQuantizationType(self.ggml_type).name
-        except ValueError:
-            return str(self.ggml_type)
+def _decoder_message(problem: ReadProblem) -> str:
+    """Ollama's text for a problem that stopped the reader; the reader's own words where Ollama has none."""
+    if problem.code == "bad-magic":
+        return "invalid file magic"
+    if problem.code in _TRUNCATED:
+        return "unexpected EOF"
+    value_type = re.search(r"value type (\d+)", problem.message)
+    if problem.code == "bad-kv" and value_type:
+        return f"invalid type: {value_type.group(1)}"
+    dims = re.search(r"has ([\d,]+) dimensions", problem.message)
+    if problem.code == "bad-tensor-info" and dims:
+        return f'tensor "{problem.tensor}" dimensions {dims.group(1).replace(",", "")} exceeds maximum'
+    return problem.message
 
 
-@dataclass
-class GGUFInfo:
-    """Header of a GGUF file."""
+def _json_ready(value: object, keep_array: bool) -> Any:
+    """A reader value as JSON: arrays as lists (or [] when not kept), strings with bad UTF-8 replaced."""
+    if isinstance(value, ArrayValue):
+        if not keep_array or value.items is None:
+            return []
+        items = value.items if isinstance(value.items, list) else value.items.tolist()
+        return [_json_ready(item, True) for item in items]
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
 
-    kv: dict[str, Any] = field(default_factory=dict)
-    tensors: list[TensorInfo] = field(default_factory=list)
 
-    @property
-    def architecture(self) -> str:
-        return str(self.kv.get("general.architecture", "unknown"))
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(tensor.n_elements() for tensor in self.tensors)
-
-    @property
-    def context_length(self) -> int | None:
-        value = self.kv.get(f"{self.architecture}.context_length")
-        return int(value) if isinstance(value, int) else None
-
-    @property
-    def embedding_length(self) -> int | None:
-        value = self.kv.get(f"{self.architecture}.embedding_length")
-        return int(value) if isinstance(value, int) else None
-
-    @property
-    def file_type(self) -> str:
-        value = self.kv.get("general.file_type")
-        if isinstance(value, int):
-            return _FILE_TYPES.get(value, f"unknown ({value})")
-        types = {t.type_name() for t in self.tensors if len(t.shape) > 1}
-        return types.pop() if len(types) == 1 else "unknown"
+def file_type_name(value: int) -> str:
+    """Ollama's name for a `general.file_type` (F16, Q4_0, Q4_K_M...), from gguf's LlamaFileType."""
+    try:
+        name = gguf.LlamaFileType(value).name
+    except ValueError:
+        return "unknown"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def human_parameter_size(count: int) -> str:
@@ -130,73 +78,85 @@ def human_parameter_size(count: int) -> str:
     return str(count)
 
 
+@dataclass(frozen=True)
+class GGUFInfo:
+    """A fully read, bounds-checked GGUF header."""
+
+    header: GGUFHeader
+
+    @property
+    def architecture(self) -> str:
+        value = self.header.value("general.architecture")
+        return value if isinstance(value, str) else "unknown"
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(tensor.n_elements for tensor in self.header.tensors)
+
+    def _int(self, key: str) -> int | None:
+        value = self.header.value(f"{self.architecture}.{key}")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def context_length(self) -> int | None:
+        return self._int("context_length")
+
+    @property
+    def embedding_length(self) -> int | None:
+        return self._int("embedding_length")
+
+    @property
+    def file_type(self) -> str:
+        """`quantization_level`: general.file_type's name, else the one type of all matrices."""
+        value = self.header.value("general.file_type")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return file_type_name(value)
+        types = {t.type_name for t in self.header.tensors if len(t.ne) > 1}
+        return types.pop() if len(types) == 1 else "unknown"
+
+    def model_info(self, *, verbose: bool = False) -> dict[str, Any]:
+        """`/api/show` `model_info`: every key but the name and chat template, long arrays only if verbose."""
+        info = {
+            key: _json_ready(
+                entry.value,
+                verbose or key.startswith("general.") or len(entry.value) <= _SHOWN_ARRAY_ITEMS
+                if isinstance(entry.value, ArrayValue)
+                else True,
+            )
+            for key, entry in self.header.kvs.items()
+            if key not in ("general.name", "tokenizer.chat_template")
+        }
+        info["general.parameter_count"] = self.parameter_count
+        return info
+
+    def tensors(self) -> list[dict[str, Any]]:
+        """`/api/show` (verbose) `tensors`: name, type and shape (ggml order)."""
+        return [{"name": t.name, "type": t.type_name, "shape": list(t.ne)} for t in self.header.tensors]
+
+
 def is_gguf(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(4) == GGUF_MAGIC
 
 
-class _Reader:
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle = handle
-
-    def read(self, size: int) -> bytes:
-        data = self.handle.read(size)
-        if len(data) != size:
-            raise GGUFFormatError("unexpected EOF")
-        return data
-
-    def unpack(self, fmt: str) -> Any:
-        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        length = self.unpack("<Q")
-        if length > 1 << 30:
-            raise GGUFFormatError("unexpected EOF")
-        return self.read(length).decode("utf-8", errors="replace")
-
-    def value(self, value_type: int, keep_arrays: bool) -> Any:
-        if value_type in _SCALARS:
-            return self.unpack(_SCALARS[value_type])
-        if value_type == _STRING:
-            return self.string()
-        if value_type == _ARRAY:
-            item_type, count = self.unpack("<I"), self.unpack("<Q")
-            if count > 1 << 31:
-                raise GGUFFormatError("unexpected EOF")
-            items = [self.value(item_type, keep_arrays) for _ in range(count)]
-            return items if keep_arrays or count <= 5 else []
-        raise GGUFFormatError(f"invalid type: {value_type}")
-
-
-def read_gguf_info(path: Path, *, keep_arrays: bool = False) -> GGUFInfo:
-    """Decode the header; raise GGUFFormatError with Ollama's texts: `invalid file magic`, `unexpected EOF`,
-    `invalid type: N`, `invalid GGUF alignment: 0`, `tensor "x" offset+size (N) exceeds file size (M)`."""
-    file_size = path.stat().st_size
-    info = GGUFInfo()
-    with path.open("rb") as handle:
-        reader = _Reader(handle)
-        if handle.read(4) != GGUF_MAGIC:
-            raise GGUFFormatError("invalid file magic")
-        reader.unpack("<I")  # version
-        n_tensors, n_kv = reader.unpack("<Q"), reader.unpack("<Q")
-        for _ in range(n_kv):
-            key = reader.string()
-            info.kv[key] = reader.value(reader.unpack("<I"), keep_arrays or key.startswith("general."))
-        for _ in range(n_tensors):
-            name = reader.string()
-            n_dims = reader.unpack("<I")
-            if n_dims > 4:
-                raise GGUFFormatError(f'tensor "{name}" dimensions {n_dims} exceeds maximum')
-            shape = [reader.unpack("<Q") for _ in range(n_dims)]
-            info.tensors.append(TensorInfo(name, shape, reader.unpack("<I"), reader.unpack("<Q")))
-        alignment = int(info.kv.get("general.alignment", 32))
-        if alignment == 0:
-            raise GGUFFormatError("invalid GGUF alignment: 0")
-        data_start = -(-handle.tell() // alignment) * alignment
-    for tensor in info.tensors:
-        end = data_start + tensor.offset + tensor.n_bytes()
-        if end > file_size:
+def read_gguf_info(path: Path) -> GGUFInfo:
+    """Read and bounds-check the header; raise GGUFFormatError with Ollama's texts: `invalid file magic`,
+    `unexpected EOF`, `invalid type: N`, `invalid GGUF alignment: 0`,
+    `tensor "x" offset+size (N) exceeds file size (M)`."""
+    header = read_gguf_header(path)
+    if not header.complete:
+        stop = header.problems[-1] if header.problems else None
+        raise GGUFFormatError(_decoder_message(stop) if stop else "unexpected EOF")
+    if header.value("general.alignment") == 0:
+        raise GGUFFormatError("invalid GGUF alignment: 0")
+    assert header.data_offset is not None
+    for tensor in header.tensors:
+        size = tensor.nbytes
+        if size is None:
+            raise GGUFFormatError(f"invalid type: {tensor.ggml_type}")
+        end = header.data_offset + tensor.offset + size
+        if end > header.file_size:
             raise GGUFFormatError(
-                f'tensor "{tensor.name}" offset+size ({end}) exceeds file size ({file_size})'
+                f'tensor "{tensor.name}" offset+size ({end}) exceeds file size ({header.file_size})'
             )
-    return info
+    return GGUFInfo(header)

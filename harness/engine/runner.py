@@ -7,6 +7,13 @@ On a load failure llama.cpp's own lines are on stderr and the child exits 1 (or 
 Front side: `RunnerProcess` starts the child with its stderr kept in a log file, dies with the engine
 (PR_SET_PDEATHSIG), streams `/completion` over httpx, and turns a failed start into Ollama 0.33's message
 `llama-server process has terminated: exit status 1: error loading model: <cause>`.
+
+Memory: `/api/ps` `size` is what Ollama 0.33 reports: the sum of the buffer sizes llama.cpp logs while
+loading (`CPU_Mapped model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
+parsed from the runner's log like Ollama's `memoryParsingWriter`, or the model file's size when no such
+line was logged. The runner runs at llama.cpp verbosity 4 for those lines (load errors are still logged;
+the price is a few info lines per request in the log, deleted when the runner stops). The runner's resident
+memory (RssAnon + RssFile) is on the debug endpoint `/harness/runners` as `rss_bytes`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -39,6 +47,16 @@ _CAUSE_MARKERS = (
     "llama_model_load_from_file",
     "error:",
 )
+# llama.cpp's log prefix: an optional timestamp, then the level letter.
+_QUIET_LINE = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?[ID] ")
+# Ollama's `bufferSizeRegex` (llm/llama_server.go): `<component>: <backend> <kind> buffer size = X MiB`.
+_BUFFER_SIZE = re.compile(
+    r"^[^\n:]*?([A-Za-z_]\w*):\s+(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+)\s*MiB",
+    re.MULTILINE,
+)
+MIB = 1 << 20
+_LOAD_DONE = "model loaded"  # llama-server's init line after the model and context are set up
+_VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
 
 
 def set_parent_death_signal() -> None:
@@ -68,13 +86,26 @@ class RunnerRequestError(RuntimeError):
 
 
 def extract_cause(stderr_text: str) -> str:
-    """llama.cpp's cause line from a runner's stderr, from the marker on (e.g. `error loading model: ...`)."""
+    """llama.cpp's cause line from a runner's stderr, from the marker on (e.g. `error loading model: ...`).
+    Info and debug lines (level letter I or D) are skipped: at verbosity 4 they name the same functions."""
+    lines = [line for line in stderr_text.splitlines() if not _QUIET_LINE.match(line)]
     for marker in _CAUSE_MARKERS:
-        for line in stderr_text.splitlines():
+        for line in lines:
             index = line.find(marker)
             if index >= 0:
                 return line[index:].strip()
     return ""
+
+
+def buffer_bytes(stderr_text: str) -> int | None:
+    """The sum of llama.cpp's logged buffer sizes (model, KV, compute, output, RS), as Ollama's
+    `memoryParsingWriter` adds them: keyed by (component, backend, kind), a repeated line replaces the
+    earlier one. None when no line was found."""
+    buffers = {
+        (component, backend, kind): float(mib) * MIB
+        for component, backend, kind, mib in _BUFFER_SIZE.findall(stderr_text)
+    }
+    return int(sum(buffers.values())) if buffers else None
 
 
 def termination_message(returncode: int | None, stderr_text: str) -> str:
@@ -98,12 +129,18 @@ class RunnerProcess:
     """Front-side handle of one runner child."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, url: str, log_path: Path, model_path: Path
+        self,
+        process: asyncio.subprocess.Process,
+        url: str,
+        log_path: Path,
+        model_path: Path,
+        buffer_bytes: int | None = None,
     ) -> None:
         self.process = process
         self.url = url
         self.log_path = log_path
         self.model_path = model_path
+        self.buffer_bytes = buffer_bytes
         self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(None, connect=10.0))
 
     @property
@@ -167,16 +204,35 @@ class RunnerProcess:
             log_path.unlink()
             raise RunnerLoadError(termination_message(returncode, stderr_text), extract_cause(stderr_text))
         url = line.decode().split(" ", 1)[1].strip()
-        log.info("llama-server started: pid=%d url=%s model=%s", process.pid, url, model_path)
-        return cls(process, url, log_path, model_path)
+        buffers = buffer_bytes(await _load_log(log_path))
+        log.info(
+            "llama-server started: pid=%d url=%s model=%s buffers=%s",
+            process.pid,
+            url,
+            model_path,
+            "not logged" if buffers is None else f"{buffers / MIB:.2f} MiB",
+        )
+        return cls(process, url, log_path, model_path, buffers)
 
     def alive(self) -> bool:
         return self.process.returncode is None
 
-    def memory_bytes(self) -> int:
-        """Resident memory of the runner process (what /api/ps reports as size)."""
+    def size_bytes(self) -> int:
+        """What /api/ps reports as `size`, as Ollama 0.33 does: the sum of the buffer sizes llama.cpp logged
+        at load (model + KV + compute + output), else the model file's size."""
+        if self.buffer_bytes is not None:
+            return self.buffer_bytes
         try:
-            return int(psutil.Process(self.pid).memory_info().rss)
+            return self.model_path.stat().st_size
+        except OSError:
+            return 0
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the runner process (RssAnon + RssFile, as harness.memory measures it)."""
+        from harness.memory import rss_of  # here, not at the top: the runner child does not need it
+
+        try:
+            return rss_of(self.pid)
         except psutil.Error:
             return 0
 
@@ -212,6 +268,17 @@ class RunnerProcess:
         await _kill(self.process)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+async def _load_log(log_path: Path, wait_s: float = 2.0) -> str:
+    """The runner's log once llama.cpp's load lines are in it. llama.cpp logs through a worker thread,
+    so `model loaded` can reach the file a moment after READY; wait for it, briefly."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = log_path.read_text(errors="replace")
+        if _LOAD_DONE in text or time.monotonic() > deadline:
+            return text
+        await asyncio.sleep(0.01)
 
 
 def _error_text(body: bytes) -> str:
@@ -251,7 +318,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.threads > 0:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
-    params.verbosity = 1
+    params.verbosity = _VERBOSITY
     params.fit_params = False
     params.hostnames = ["127.0.0.1"]
     params.port = 0

@@ -80,14 +80,15 @@ class LoadedModel:
         )
 
     def ps_entry(self) -> dict[str, Any]:
-        """One /api/ps entry; size is the runner's resident memory (psutil RSS), size_vram 0 on CPU."""
+        """One /api/ps entry: size as Ollama 0.33 reports it (llama.cpp's logged buffer sizes, else the file
+        size; see `RunnerProcess.size_bytes`), size_vram 0 on CPU."""
         expires = self.expires_at
         if self.refcount > 0:
             expires = _expiry_time(self.keep_alive_s)
         return {
             "name": self.request.display_name,
             "model": self.request.display_name,
-            "size": self.runner.memory_bytes(),
+            "size": self.runner.size_bytes(),
             "digest": self.request.digest.removeprefix("sha256:"),
             "details": self.request.details,
             "expires_at": expires.isoformat(),
@@ -252,6 +253,8 @@ class Scheduler:
                 "pid": m.runner.pid,
                 "url": m.runner.url,
                 "alive": m.runner.alive(),
+                "rss_bytes": m.runner.rss_bytes(),
+                "buffer_bytes": m.runner.buffer_bytes,
             }
             for m in self.loaded.values()
         ]

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import struct
 from pathlib import Path
 
+import gguf
 import pytest
 
 from harness.engine.config import EngineConfig, parse_go_duration, parse_host, parse_keep_alive
-from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
+from harness.engine.ggufinfo import GGUFFormatError, file_type_name, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.options import OptionError, completion_fields, merge_options
-from harness.engine.runner import extract_cause, termination_message
+from harness.engine.runner import buffer_bytes, extract_cause, termination_message
 from harness.engine.store import DigestMismatchError, InvalidDigestError, Store, normalize_digest
-from harness.gguf.build import BuiltModel
+from harness.gguf.build import BuiltModel, write_gguf
+from harness.gguf.plan import KV, plan_gguf
+from harness.gguf.spec import load_profile
 
 
 @pytest.mark.parametrize(
@@ -155,6 +159,19 @@ def test_blob_writes_check_the_digest(tmp_path: Path) -> None:
 def test_gguf_header_reader(tiny_gguf: BuiltModel, tmp_path: Path) -> None:
     info = read_gguf_info(tiny_gguf.path)
     assert info.architecture == "llama" and info.context_length == 512 and info.parameter_count > 0
+    assert info.file_type == "F32"  # the tiny profile's tensor_type
+    shown = info.model_info()
+    assert shown["general.parameter_count"] == info.parameter_count and "general.name" not in shown
+    assert (
+        shown["tokenizer.ggml.tokens"] == []
+        and len(info.model_info(verbose=True)["tokenizer.ggml.tokens"]) > 5
+    )
+    assert info.tensors()[0] == {"name": "token_embd.weight", "type": "F32", "shape": [64, 593]}
+    plan = plan_gguf(load_profile("tiny"))
+    plan.kvs["general.alignment"] = KV(0, gguf.GGUFValueType.UINT32)
+    write_gguf(plan, tmp_path / "zero-align.gguf")
+    with pytest.raises(GGUFFormatError, match="invalid GGUF alignment: 0"):
+        read_gguf_info(tmp_path / "zero-align.gguf")
     cut = tmp_path / "cut.gguf"
     data = tiny_gguf.path.read_bytes()
     cut.write_bytes(data[:-10])
@@ -168,6 +185,49 @@ def test_gguf_header_reader(tiny_gguf: BuiltModel, tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(data[:40])
     with pytest.raises(GGUFFormatError, match="unexpected EOF"):
         read_gguf_info(tmp_path / "short")
+
+
+def _gguf_bytes(kv_type: int = 4, n_dims: int = 1) -> bytes:
+    """A hand-made GGUF: key `k` of value type `kv_type` (u32 = 4), f32 tensor `t` with `n_dims` dims."""
+    head = (
+        b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<II", kv_type, 7)
+    )
+    tensor = struct.pack("<Q", 1) + b"t" + struct.pack("<I", n_dims) + struct.pack("<Q", 1) * n_dims
+    return head + tensor + struct.pack("<IQ", 0, 0) + bytes(64)
+
+
+def test_decoder_errors_use_ollamas_words(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(_gguf_bytes())
+    assert read_gguf_info(path).header.value("k") == 7
+    for data, message in (
+        (_gguf_bytes(kv_type=99), "invalid type: 99"),
+        (_gguf_bytes(n_dims=5), 'tensor "t" dimensions 5 exceeds maximum'),
+        (b"", "unexpected EOF"),
+    ):
+        path.write_bytes(data)
+        with pytest.raises(GGUFFormatError) as caught:
+            read_gguf_info(path)
+        assert str(caught.value) == message
+
+
+def test_file_type_names_follow_ollama() -> None:
+    assert [file_type_name(n) for n in (0, 1, 2, 7, 15, 32, 999)] == [
+        "F32", "F16", "Q4_0", "Q8_0", "Q4_K_M", "BF16", "unknown",
+    ]  # fmt: skip
+
+
+def test_buffer_sizes_are_summed_like_ollamas_memory_parsing_writer() -> None:
+    log = (
+        "0.00.016.404 I load_tensors:   CPU_Mapped model buffer size =     0.50 MiB\n"
+        "0.00.016.692 I llama_context:        CPU  output buffer size =     0.25 MiB\n"
+        "0.00.016.770 I llama_kv_cache:        CPU KV buffer size =     3.00 MiB\n"
+        "0.00.019.000 I sched_reserve:        CPU compute buffer size =     9.00 MiB\n"
+        "0.00.019.272 I sched_reserve:        CPU compute buffer size =     1.25 MiB\n"  # replaces the 9.00
+        "llama_model_load_from_file_impl: CUDA0 model buffer size = 2.00 MiB\n"
+    )
+    assert buffer_bytes(log) == int((0.5 + 0.25 + 3 + 1.25 + 2) * (1 << 20))
+    assert buffer_bytes("E llama_model_load: error loading model\n") is None
 
 
 def test_runner_failure_messages() -> None:
@@ -186,3 +246,5 @@ def test_runner_failure_messages() -> None:
         == "llama-server process has terminated: GGML_ASSERT(x) failed"
     )
     assert termination_message(-9, "") == "llama-server process has terminated: signal: kill"
+    verbose = "0.00.001.000 I gguf_init_from_file_impl: loaded meta data\n" + stderr
+    assert extract_cause(verbose).startswith("error loading model: error loading model hyperparameters")
