@@ -17,16 +17,16 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGMLQuantizationType, GGUFWriter
 
 from harness.errors import BuildError, DiskFullError
-from harness.gguf.plan import GGUFPlan, ggml_pad, plan_gguf
+from harness.gguf.plan import KV, GGUFPlan, ggml_pad, plan_gguf
 from harness.gguf.spec import ModelSpec
 
 # Builds expected to write more than this show a progress bar (on a terminal only): about a second of work.
@@ -51,10 +51,26 @@ def build_gguf(spec: ModelSpec, path: str | os.PathLike[str], *, progress: bool 
 def write_gguf(plan: GGUFPlan, path: str | os.PathLike[str], *, progress: bool | None = None) -> BuiltModel:
     """Stream `plan` to `path` atomically; `progress=None` shows a bar only for big builds on a terminal."""
     target = Path(path)
+    needed = plan.file_size()
+    with atomic_output(target, needed) as temp:
+        digest = _write(plan, temp, _progress_bar(progress, needed, target.name))
+    return BuiltModel(path=target, sha256=digest, size=needed, spec_hash=plan.spec_hash)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str], needed: int, *, verify: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """A temp file next to `path` for the caller to write exactly `needed` bytes into.
+
+    Free space is checked first (DiskFullError). When the block ends, the size is checked, `verify(temp)`
+    runs if given, and the temp file is renamed to `path`; on any failure (ENOSPC, Ctrl-C, an error raised
+    by `verify`) it is removed and `path` is left as it was.
+    """
+    target = Path(path)
     folder = target.parent
     if not folder.is_dir():
         raise BuildError(f"cannot write {target}: folder {folder} does not exist", "create the folder first")
-    needed = plan.file_size()
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise DiskFullError(str(target), needed, free)
@@ -67,10 +83,12 @@ def write_gguf(plan: GGUFPlan, path: str | os.PathLike[str], *, progress: bool |
     os.close(fd)
     temp = Path(temp_name)
     try:
-        digest = _write(plan, temp, _progress_bar(progress, needed, target.name))
+        yield temp
         size = temp.stat().st_size
         if size != needed:
             raise BuildError(f"internal error: wrote {size} bytes, planned {needed}", "report this as a bug")
+        if verify is not None:
+            verify(temp)
         os.replace(temp, target)
     except OSError as error:
         temp.unlink(missing_ok=True)
@@ -80,17 +98,31 @@ def write_gguf(plan: GGUFPlan, path: str | os.PathLike[str], *, progress: bool |
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    return BuiltModel(path=target, sha256=digest, size=size, spec_hash=plan.spec_hash)
 
 
-def _write(plan: GGUFPlan, temp: Path, bar: _Progress | None) -> str:
-    writer = GGUFWriter(None, plan.architecture)
-    writer.kv_data[0].clear()  # the plan owns every key, general.architecture included
-    writer.data_alignment = plan.alignment
+@dataclass(frozen=True)
+class TensorLayout:
+    """A tensor info to write: numpy-order `shape` (the writer stores it reversed), bytes and ggml type."""
+
+    name: str
+    shape: tuple[int, ...]
+    nbytes: int
+    ggml_type: GGMLQuantizationType
+
+
+def write_gguf_metadata(
+    temp: Path, architecture: str, alignment: int, kvs: Mapping[str, KV], tensors: Iterable[TensorLayout]
+) -> GGUFWriter:
+    """Write header, key/value pairs (`kvs` owns every key, general.architecture included) and tensor infos
+    to `temp`, padded to `alignment`; returns the open writer, positioned at the start of the tensor data
+    (its `fout[0]`), for the caller to stream the data into and close."""
+    writer = GGUFWriter(None, architecture)
+    writer.kv_data[0].clear()
+    writer.data_alignment = alignment
     try:
-        for key, kv in plan.kvs.items():
+        for key, kv in kvs.items():
             writer.add_key_value(key, kv.value, kv.type, kv.sub_type)
-        for tensor in plan.tensors:
+        for tensor in tensors:
             writer.add_tensor_info(
                 tensor.name, tensor.shape, np.dtype(np.float32), tensor.nbytes, tensor.ggml_type
             )
@@ -101,6 +133,18 @@ def _write(plan: GGUFPlan, temp: Path, bar: _Progress | None) -> str:
         out = writer.fout[0]
         writer.write_padding(out, out.tell())
         out.flush()
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+def _write(plan: GGUFPlan, temp: Path, bar: _Progress | None) -> str:
+    layouts = (TensorLayout(t.name, t.shape, t.nbytes, t.ggml_type) for t in plan.tensors)
+    writer = write_gguf_metadata(temp, plan.architecture, plan.alignment, plan.kvs, layouts)
+    try:
+        assert writer.fout is not None
+        out = writer.fout[0]
         hasher = hashlib.sha256(temp.read_bytes())
         # Three stages overlap (numpy, hashlib and file writes release the GIL): the next block is produced
         # and the previous one hashed while the current one is written. At most three blocks are alive.

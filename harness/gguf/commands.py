@@ -17,6 +17,7 @@ def register(subparsers: Any) -> None:
     gguf_commands.required = True
     register_build(gguf_commands)
     register_check(gguf_commands)
+    register_fix(gguf_commands)
 
 
 def register_build(gguf_commands: Any) -> None:
@@ -83,3 +84,77 @@ def run_check(args: argparse.Namespace) -> int:
         return error.exit_code
     print(report.to_json() if args.json else report.format_text())
     return 0 if report.ok else 1
+
+
+def register_fix(gguf_commands: Any) -> None:
+    """`harness gguf fix IN.gguf (-o OUT | --in-place | --plan) [repairs]`: exit 0 fixed, 1 not, 2 bad."""
+    parser = gguf_commands.add_parser(
+        "fix",
+        help="repair a broken GGUF file (keys, types, architecture, tokenizer, tensor names)",
+        description="Write a corrected copy of a GGUF file: rename the architecture and move its "
+        "keys, set or retype keys (types from the checker's architecture table), fill missing "
+        "hyperparameters from a Hugging Face config.json or derive them from tensor shapes, copy a missing "
+        "tokenizer and chat template from a donor GGUF, rename tensors (Hugging Face names are mapped "
+        "automatically). Tensor data is streamed; the input is never changed (--in-place replaces it only "
+        "with a copy that passes the checker). Exit status: 0 fixed and passes the checker, 1 could not fix "
+        "everything (nothing written, unless --force), 2 unusable input or bad options.",
+    )
+    parser.add_argument("file", metavar="IN.gguf", help="the GGUF file to repair")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("-o", "--output", metavar="OUT.gguf", help="where to write the corrected copy")
+    target.add_argument(
+        "--in-place", action="store_true", help="replace IN.gguf (only with a copy that passes)"
+    )
+    target.add_argument("--plan", action="store_true", help="print what would change and why; write nothing")
+    parser.add_argument(
+        "--set",
+        dest="set_values",
+        action="append",
+        default=[],
+        metavar="KEY[:TYPE]=VALUE",
+        help="set a key; its type comes from the architecture table unless given",
+    )
+    parser.add_argument("--arch", metavar="NAME", help="rename the architecture and move its keys to NAME.*")
+    parser.add_argument("--config", metavar="config.json", help="a Hugging Face config.json for missing keys")
+    parser.add_argument(
+        "--tokenizer-from", metavar="DONOR.gguf", help="copy a missing tokenizer/chat template"
+    )
+    parser.add_argument(
+        "--rename-tensor", action="append", default=[], metavar="OLD=NEW", help="rename a tensor"
+    )
+    parser.add_argument("--no-hf-names", action="store_true", help="do not map Hugging Face tensor names")
+    parser.add_argument("--no-derive", action="store_true", help="do not derive keys from tensor shapes")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write the copy even if it still fails the checker (never with --in-place)",
+    )
+    parser.set_defaults(func=run_fix)
+
+
+def run_fix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.gguf.fix_plan import FixOptions, plan_fix
+    from harness.gguf.fix_write import write_fix
+
+    options = FixOptions(
+        set_values=tuple(args.set_values),
+        arch=args.arch,
+        config=Path(args.config) if args.config else None,
+        tokenizer_from=Path(args.tokenizer_from) if args.tokenizer_from else None,
+        rename_tensors=tuple(args.rename_tensor),
+        hf_names=not args.no_hf_names,
+        derive=not args.no_derive,
+    )
+    plan = plan_fix(args.file, options)
+    print(plan.format_text())
+    if args.plan:
+        return 0 if plan.ok else 1
+    if not plan.ok and (args.in_place or not args.force):
+        hint = "" if args.in_place else " (--force writes it anyway)"
+        print(f"nothing written: the copy would still fail the checker{hint}")
+        return 1
+    result = write_fix(plan, args.output, in_place=args.in_place, force=args.force)
+    print(result.report.summary_line())
+    return 0 if result.report.ok else 1
