@@ -237,11 +237,6 @@ def test_broken_gguf_is_rejected_with_its_cause(
     assert harness_session.check_server() is None, (
         f"the server died on {kind_name}: {harness_session.server_down}"
     )
-    if error is None and kind.deep and harness_session.server.kind == "embedded":
-        pytest.xfail(
-            f"{kind.description}: the embedded engine does not read tensor data at create (Ollama >= 0.31.2 "
-            "rejects it through llama-quantize's tensor check)"
-        )
     assert error is not None, f"{kind.description}: accepted at create and generated without error"
     if harness_session.server.kind == "embedded":
         causes = [finding.message for finding in findings.errors]

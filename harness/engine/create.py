@@ -200,13 +200,18 @@ class ModelCreator:
         }
 
 
+# Files up to this size also get the checker's deep scan (NaN/Inf weights) at create, as Ollama's
+# llama-quantize validation reads every tensor; bigger ones would make create take minutes in numpy.
+DEEP_CHECK_MAX_BYTES = 2 << 30
+
+
 def _validation_failure(path: Path) -> str | None:
     """The GGUF checker's error findings, else llama.cpp's cause from a trial load (in a subprocess),
     else None: the file is valid."""
     from harness.gguf.check import check_gguf
     from harness.llamacpp import trial_load
 
-    report = check_gguf(path)
+    report = check_gguf(path, deep=path.stat().st_size <= DEEP_CHECK_MAX_BYTES)
     if not report.ok:
         return "; ".join(finding.message for finding in report.errors)
     result = trial_load(path, n_ctx=256, timeout=120.0)
