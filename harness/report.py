@@ -53,10 +53,6 @@ class Metric:
     def family(self) -> str:
         return self.name.rsplit(".", 1)[-1]
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.model, self.name)
-
 
 # ------------------------------------------------------------------------------------------ summaries
 
@@ -274,8 +270,23 @@ def summarise_memory(run: RunRecord) -> list[MemorySummary]:
     return [summaries[key] for key in sorted(summaries, key=lambda key: (key[0], key[1] or ""))]
 
 
+def model_identities(run: RunRecord) -> dict[str, str]:
+    """Model name -> a name that is the same in every run of the same model file.
+
+    The suites name fixture models per run (`harness-oracle-<spec>-<run>`), so runs are matched on what was
+    tested: the profile (or the name the user gave) and the model digest.
+    """
+    identities = {}
+    for model in run.meta.get("models") or []:
+        if isinstance(model, Mapping) and model.get("name"):
+            digest = str(model.get("digest") or "")
+            label = str(model.get("profile") or model["name"])
+            identities[str(model["name"])] = f"{label}@{digest[:12]}" if digest else label
+    return identities
+
+
 def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
-    """Every comparable metric of a run, keyed (model, metric name)."""
+    """Every comparable metric of a run, keyed (model identity, metric name): see `model_identities`."""
     metrics: list[Metric] = []
     for suite in summarise_suites(run):
         for family in ("accuracy_strict", "accuracy_flexible"):
@@ -288,7 +299,8 @@ def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
         metrics.extend(load.metrics())
     for memory in summarise_memory(run):
         metrics.extend(memory.metrics())
-    return {metric.key: metric for metric in metrics}
+    identities = model_identities(run)
+    return {(identities.get(metric.model, metric.model), metric.name): metric for metric in metrics}
 
 
 # ------------------------------------------------------------------------------------------ baseline
