@@ -11,7 +11,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Metric:
     unit: str  # "s", "fraction", "bytes", "tok/s", "req/s"
     better: Direction
     samples: Samples | None = None
+    trusted: bool = True  # False: measured by a saturated load client, so its moves can't be told from noise
 
     @property
     def family(self) -> str:
@@ -130,6 +131,7 @@ class LoadSummary:
     samples: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     client_cpu_s: float = 0.0
+    client_saturated: bool = False
 
     @property
     def ok(self) -> list[dict[str, Any]]:
@@ -188,6 +190,8 @@ class LoadSummary:
             found.append(
                 Metric(self.model, prefix + "error_rate", samples.value(), "fraction", "lower", samples)
             )
+        if self.client_saturated:  # the error rate counts outcomes, not times: it stays trusted
+            found = [m if m.family == "error_rate" else replace(m, trusted=False) for m in found]
         return found
 
 
@@ -198,6 +202,7 @@ def summarise_load(run: RunRecord) -> list[LoadSummary]:
         key = (str(record.get("model") or "-"), _load_key(record))
         summary = summaries.setdefault(key, LoadSummary(*key))
         summary.samples.extend(s for s in record.get("samples") or [] if isinstance(s, dict))
+        summary.client_saturated |= bool((record.get("summary") or {}).get("client_saturated"))
         summary.wall_s += float(record.get("wall_s") or 0.0)
         summary.client_cpu_s += float(record.get("client_cpu_s") or 0.0)
     return sorted(summaries.values(), key=lambda item: (item.model, item.scenario))
@@ -367,6 +372,10 @@ class MetricComparison:
         return self.judgement.verdict
 
 
+# Verdicts that claim a real move; a metric measured by a saturated load client is judged "noise" instead.
+_MOVES = ("better", "REGRESSED")
+
+
 def compare_metrics(
     baseline: Mapping[tuple[str, str], Metric],
     current: Mapping[tuple[str, str], Metric],
@@ -392,6 +401,8 @@ def compare_metrics(
             confidence=config.confidence,
             seed=config.seed,
         )
+        if not (metric.trusted and (base is None or base.trusted)) and judgement.verdict in _MOVES:
+            judgement = replace(judgement, verdict="noise")
         rows.append(
             MetricComparison(
                 metric.model,

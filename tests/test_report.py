@@ -524,6 +524,42 @@ def test_saturated_load_client_is_a_warning(tmp_path, capsys):
     assert out.startswith("WARNING: load scenario open-r50") and "client CPU 97%" in out.splitlines()[0]
 
 
+def _load_only_run(reports: Path, seed: int, slowdown: float, saturated: bool) -> Path:
+    with RunRecorder.create(reports, {"server": SERVER, "models": [MODEL]}) as recorder:
+        recorder.append(
+            {
+                "kind": "load",
+                "model": MODEL["name"],
+                "scenario": "closed-c4",
+                "concurrency": 4,
+                "samples": load_samples(np.random.default_rng(seed), 120, slowdown),
+                "wall_s": 3.0 * slowdown,
+                "client_cpu_s": 2.9 if saturated else 0.3,
+                "summary": {
+                    "client_saturated": saturated,
+                    "saturation_reasons": ["client CPU 97% of one core"],
+                },
+            }
+        )
+    return recorder.path
+
+
+@pytest.mark.parametrize("saturated", [False, True], ids=["client-idle", "client-saturated"])
+def test_timings_of_a_saturated_load_client_are_never_regressed(tmp_path, capsys, saturated):
+    """The same 2x slowdown is REGRESSED when the client was idle, noise when it was itself the bottleneck."""
+    baseline = _load_only_run(tmp_path, 1, 1.0, saturated=False)
+    current = _load_only_run(tmp_path, 2, 2.0, saturated=saturated)
+    status, out, _ = report(capsys, str(current), "--baseline", str(baseline), "--format", "json")
+    rows = comparison(out)
+    timing = [name for name in rows if name.split(".")[-1].startswith(("ttft", "itl", "e2e"))]
+    assert timing
+    verdicts = {rows[name]["verdict"] for name in timing}
+    if saturated:
+        assert status == 0 and "REGRESSED" not in verdicts and "noise" in verdicts
+    else:
+        assert status == 1 and "REGRESSED" in verdicts
+
+
 def test_a_failed_test_fails_the_report(tmp_path, capsys):
     with RunRecorder.create(tmp_path, {"server": SERVER, "models": [MODEL]}) as recorder:
         recorder.append(
