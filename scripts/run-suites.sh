@@ -7,6 +7,7 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source scripts/setup-venv.sh
+set +e  # setup-venv.sh turns on errexit; from here on each status is collected, not fatal
 pytest suites/ "$@"
 suites_status=$?
 if [ -e reports/latest ]; then

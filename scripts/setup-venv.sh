@@ -25,7 +25,7 @@ stamp="$venv/.harness-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     echo "setup: installing ollama-harness and its dependencies into $venv" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[dev]"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${root}[dev]"
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
