@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "harness.modelfile_commands",
     "harness.report_commands",
     "harness.engine.commands",
+    "harness.load_commands",
 )
 
 

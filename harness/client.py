@@ -31,6 +31,7 @@ import pydantic
 from ollama._client import _parse_host  # the official client's host parsing (OLLAMA_HOST forms)
 
 from harness.errors import GGUFReadError, ServerError
+from harness.http_tls import verify_for
 from harness.modelfile import Command, Modelfile
 
 __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaRequestError", "parse_version"]
@@ -165,8 +166,17 @@ class OllamaClient:
         self.stall_timeout = stall_timeout if stall_timeout is not None else timeout
         self.connect_timeout = connect_timeout
         self._official = self._make_official(self.stall_timeout)
-        self._http = httpx.Client(base_url=self.url, timeout=self._timeouts(timeout), follow_redirects=True)
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=self._timeouts(timeout),
+            follow_redirects=True,
+            verify=verify_for(self.url),
+        )
         self._server_version: tuple[int, int, int] | None = None
+        # Called with every finished generate/chat Completion (the suites sum the server's own durations),
+        # and with (request, seconds) for every other request and for a generate/chat that failed.
+        self.on_completion: Callable[[Completion], None] | None = None
+        self.on_request: Callable[[str, float], None] | None = None
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -174,7 +184,7 @@ class OllamaClient:
         return httpx.Timeout(self.timeout, connect=self.connect_timeout, read=read)
 
     def _make_official(self, read_timeout: float) -> ollama.Client:
-        return ollama.Client(host=self.url, timeout=self._timeouts(read_timeout))
+        return ollama.Client(host=self.url, timeout=self._timeouts(read_timeout), verify=verify_for(self.url))
 
     def close(self) -> None:
         """Close the connections."""
@@ -189,12 +199,23 @@ class OllamaClient:
 
     def async_client(self) -> ollama.AsyncClient:
         """An official `ollama.AsyncClient` for the same server and limits (for load generation)."""
-        return ollama.AsyncClient(host=self.url, timeout=self._timeouts(self.stall_timeout))
+        return ollama.AsyncClient(
+            host=self.url, timeout=self._timeouts(self.stall_timeout), verify=verify_for(self.url)
+        )
 
     def _error(
-        self, request: str, error: BaseException, *, stall: float | None = None, chunks: int = 0
+        self,
+        request: str,
+        error: BaseException,
+        *,
+        stall: float | None = None,
+        chunks: int = 0,
+        read_timeout: float | None = None,
     ) -> ServerError:
-        """Map any failure of `request` to a ServerError that names the host, the request and the cause."""
+        """Map any failure of `request` to a ServerError that names the host, the request and the cause.
+
+        `stall` is the stall limit of a streamed request; `read_timeout` the limit of a plain one.
+        """
         where = f"Ollama at {self.url}"
         if isinstance(error, ollama.ResponseError):
             if error.status_code == -1:
@@ -213,8 +234,15 @@ class OllamaClient:
                 f"{where} is not answering: {_cause(error)}",
                 "start the server (ollama serve, or let the harness start its engine) or check the host",
             )
+        if isinstance(error, httpx.ReadTimeout) and stall is None:
+            waited = f"{read_timeout:g} s" if read_timeout is not None else "the read timeout"
+            return OllamaRequestError(
+                f"{where} did not answer {request} within {waited} (read timeout)",
+                "the server is busy or hung; raise the timeout or read the server log",
+                request=request,
+            )
         if isinstance(error, httpx.ReadTimeout):
-            waited = f"{stall:g} s" if stall is not None else "the read timeout"
+            waited = f"{stall:g} s"
             what = "no first token" if chunks == 0 else f"no data after {chunks} chunks"
             return OllamaRequestError(
                 f"{where} stalled on {request}: {what} for {waited}",
@@ -243,11 +271,17 @@ class OllamaClient:
             f"{where}: {request} failed: {type(error).__name__}: {error}", "check the server", request=request
         )
 
-    def _call(self, request: str, function: Callable[[], _T]) -> _T:
+    def _call(self, request: str, function: Callable[[], _T], *, read_timeout: float | None = None) -> _T:
+        """Run `function`, mapping its failures; `read_timeout` (default: the stall limit) names the wait."""
+        started = time.monotonic()
         try:
             return function()
         except (ollama.ResponseError, httpx.HTTPError, ConnectionError, pydantic.ValidationError) as error:
-            raise self._error(request, error) from None
+            waited = read_timeout if read_timeout is not None else self.stall_timeout
+            raise self._error(request, error, read_timeout=waited) from None
+        finally:
+            if self.on_request is not None:
+                self.on_request(request, time.monotonic() - started)
 
     def _raw(self, method: str, path: str, request: str, **kwargs: Any) -> httpx.Response:
         """A plain httpx request; HTTP errors become OllamaRequestError with the server's error text."""
@@ -258,7 +292,7 @@ class OllamaClient:
                 raise ollama.ResponseError(response.text or response.reason_phrase, response.status_code)
             return response
 
-        return self._call(request, send)
+        return self._call(request, send, read_timeout=self.timeout)
 
     # ------------------------------------------------------------------------------------------ server
 
@@ -316,7 +350,7 @@ class OllamaClient:
             ) from None
         digest = f"sha256:{digest_hash.hexdigest()}"
         request = f"HEAD /api/blobs/{digest}"
-        head = self._call(request, lambda: self._http.head(f"/api/blobs/{digest}"))
+        head = self._call(request, lambda: self._http.head(f"/api/blobs/{digest}"), read_timeout=self.timeout)
         if head.status_code == 200:
             return digest
         if head.status_code != 404:
@@ -380,9 +414,15 @@ class OllamaClient:
             self._create_legacy(request, name, Modelfile(tuple(commands)).text())
 
     def create_from_modelfile(
-        self, name: str, modelfile: Modelfile | str, *, relative_dir: str | Path | None = None
+        self,
+        name: str,
+        modelfile: Modelfile | str,
+        *,
+        relative_dir: str | Path | None = None,
+        quantize: str | None = None,
     ) -> None:
-        """Create `name` from a Modelfile: its local FROM/ADAPTER files are uploaded as blobs first."""
+        """Create `name` from a Modelfile: its local FROM/ADAPTER files are uploaded as blobs first.
+        `quantize` (e.g. "q8_0", "q4_K_M") asks the server to quantize an F16/F32 file at create."""
         from harness.modelfile import parse_modelfile
 
         parsed = parse_modelfile(modelfile) if isinstance(modelfile, str) else modelfile
@@ -391,9 +431,12 @@ class OllamaClient:
         if self._uses_structured_create():
             fields = parsed.to_create_fields(digests, relative_dir=relative_dir)
             fields["from_"] = fields.pop("from", None)
+            if quantize is not None:
+                fields["quantize"] = quantize
             self._create_structured(request, {"model": name, **fields})
         else:
-            self._create_legacy(request, name, parsed.to_legacy_text(digests, relative_dir=relative_dir))
+            text = parsed.to_legacy_text(digests, relative_dir=relative_dir)
+            self._create_legacy(request, name, text, quantize=quantize)
 
     def _create_structured(self, request: str, fields: dict[str, Any]) -> None:
         last = None
@@ -411,8 +454,12 @@ class OllamaClient:
 
         self._call(request, run)
 
-    def _create_legacy(self, request: str, name: str, modelfile_text: str) -> None:
-        body = {"model": name, "name": name, "modelfile": modelfile_text, "stream": False}
+    def _create_legacy(
+        self, request: str, name: str, modelfile_text: str, *, quantize: str | None = None
+    ) -> None:
+        body: dict[str, Any] = {"model": name, "name": name, "modelfile": modelfile_text, "stream": False}
+        if quantize is not None:
+            body["quantize"] = quantize
         response = self._raw("POST", "/api/create", request, json=body)
         status = response.json().get("status") if response.content else None
         if status != "success":
@@ -501,7 +548,10 @@ class OllamaClient:
     ) -> Completion:
         limit = timeout if timeout is not None else self.timeout
         stall = stall_timeout if stall_timeout is not None else self.stall_timeout
-        client = self._official if stall == self.stall_timeout else self._make_official(stall)
+        # httpx fixes a response's read timeout when its body starts, so the request limit bounds the wait for
+        # the first token by lowering the read timeout; each later chunk checks the limit itself.
+        read = min(stall, limit)
+        client = self._official if read == self.stall_timeout else self._make_official(read)
         completion = Completion(model=model)
         began = time.monotonic()
         stream: Iterator[Any] | None = None
@@ -514,14 +564,12 @@ class OllamaClient:
                 if chunk.done:
                     break
                 if now > limit:
-                    raise OllamaRequestError(
-                        f"Ollama at {self.url} did not finish {request} within {limit:g} s "
-                        f"({len(completion.chunk_times)} chunks so far)",
-                        "raise the request timeout, lower num_predict, or check the server",
-                        request=request,
-                        partial=completion,
-                    )
+                    raise self._over_limit(request, limit, completion)
         except (ollama.ResponseError, httpx.HTTPError, ConnectionError, pydantic.ValidationError) as error:
+            if self.on_request is not None:
+                self.on_request(request, time.monotonic() - began)
+            if isinstance(error, httpx.ReadTimeout) and time.monotonic() - began >= limit:
+                raise self._over_limit(request, limit, completion) from None
             mapped = self._error(request, error, stall=stall, chunks=len(completion.chunk_times))
             if isinstance(mapped, OllamaRequestError):
                 mapped.partial = completion
@@ -533,6 +581,8 @@ class OllamaClient:
             if client is not self._official:
                 client.close()
         completion.e2e_s = time.monotonic() - began
+        if self.on_completion is not None:
+            self.on_completion(completion)
         if not completion.done:
             raise OllamaRequestError(
                 f"the {request} stream from Ollama at {self.url} ended after {len(completion.chunk_times)} "
@@ -543,6 +593,16 @@ class OllamaClient:
                 partial=completion,
             )
         return completion
+
+    def _over_limit(self, request: str, limit: float, completion: Completion) -> OllamaRequestError:
+        """The error for a streamed request that ran past its per-request limit."""
+        return OllamaRequestError(
+            f"Ollama at {self.url} did not finish {request} within {limit:g} s "
+            f"({len(completion.chunk_times)} chunks so far)",
+            "raise the request timeout, lower num_predict, or check the server",
+            request=request,
+            partial=completion,
+        )
 
     # ------------------------------------------------------------------------------------------ models
 

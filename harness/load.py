@@ -42,6 +42,7 @@ import numpy as np
 import ollama
 
 from harness.errors import HarnessError
+from harness.http_tls import verify_for
 
 Outcome = Literal["ok", "busy", "timeout", "error"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "busy", "timeout", "error")
@@ -252,7 +253,8 @@ class _Watchdog:
     """Cancels a request's task past its total deadline or when no token came for `stall_s`.
 
     It costs nothing per chunk: when its timer fires it reads the last stamp and sleeps again if the
-    stream moved on.
+    stream moved on. Its reason names the cause on the first line (errors are grouped by it) and the
+    request (`label`) on the second.
     """
 
     def __init__(
@@ -262,8 +264,10 @@ class _Watchdog:
         start: float,
         timeout_s: float,
         stall_s: float | None,
+        label: str,
     ) -> None:
         self.task = task
+        self.label = label
         self.stamps = stamps
         self.start = start
         self.deadline = start + timeout_s
@@ -293,6 +297,7 @@ class _Watchdog:
                 what = "first token" if not self.stamps else "next token"
                 self.reason = f"no {what} for {self.stall_s:g} s (stall timeout)"
         if self.reason is not None:
+            self.reason += f"\n{self.label}"
             self.task.cancel()
         else:
             self.handle = self.loop.call_at(self._next_check(), self._check)
@@ -400,10 +405,15 @@ class _Session:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.client: ollama.AsyncClient | httpx.AsyncClient
         if transport == "ollama":
-            self.client = ollama.AsyncClient(host=host, timeout=http_timeout, limits=limits)
+            self.client = ollama.AsyncClient(
+                host=host, timeout=http_timeout, limits=limits, verify=verify_for(host)
+            )
         else:
-            self.client = httpx.AsyncClient(base_url=base_url(host), timeout=http_timeout, limits=limits)
+            self.client = httpx.AsyncClient(
+                base_url=base_url(host), timeout=http_timeout, limits=limits, verify=verify_for(host)
+            )
         self.t0 = time.perf_counter()
+        self.numbers = itertools.count(1)  # requests in the order they start
 
     async def close(self) -> None:
         if isinstance(self.client, ollama.AsyncClient):
@@ -422,7 +432,9 @@ class _Session:
         else:
             reader = _read_httpx(self.client, self.api, payload, stamps)
         task = asyncio.ensure_future(reader)
-        watchdog = _Watchdog(task, stamps, start, self.timeout_s, self.stall_timeout_s)
+        number, began = next(self.numbers), start - self.t0
+        label = f"{self.api} {model!r}, request {number}, started {began:.3f} s into the run"
+        watchdog = _Watchdog(task, stamps, start, self.timeout_s, self.stall_timeout_s, label)
         outcome: Outcome = "ok"
         error: str | None = None
         eval_count: int | None = None

@@ -35,6 +35,7 @@ import psutil
 
 from harness.errors import GGUFReadError, HarnessError, ServerError
 from harness.gguf.reader import ArrayValue, GGUFHeader, read_gguf_header
+from harness.http_tls import verify_for
 
 KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 DEFAULT_UBATCH = 512  # llama.cpp's n_ubatch default (Ollama's num_batch default is 512 too)
@@ -193,7 +194,7 @@ def estimate_model_memory(
 
 def _ps_models(client_or_host: Any) -> list[dict[str, Any]]:
     if isinstance(client_or_host, str):
-        with ollama.Client(host=client_or_host, timeout=30.0) as client:
+        with ollama.Client(host=client_or_host, timeout=30.0, verify=verify_for(client_or_host)) as client:
             response: Any = client.ps()
     elif hasattr(client_or_host, "ps"):
         response = client_or_host.ps()
@@ -438,7 +439,7 @@ def unload_and_check(
     before = runner_processes(server_pid) if server_pid is not None else []
     start = time.monotonic()
     try:
-        with ollama.Client(host=host, timeout=timeout_s) as client:
+        with ollama.Client(host=host, timeout=timeout_s, verify=verify_for(host)) as client:
             client.generate(model=model, prompt="", keep_alive=0)
             while True:
                 after = runner_processes(server_pid) if server_pid is not None else []

@@ -2,19 +2,23 @@
 
 Fixture profile -> GGUF (`build_cached`) -> Modelfile rendered from `modelfiles/*.j2` -> parsed -> blob upload
 (HEAD first) -> structured create fields -> model created under a unique name
-`harness-<profile>-<hash8>-<run6>`. A user's GGUF goes the same way after `check_gguf` (errors stop the run
-with the findings). An existing model (`--model`) is only looked up. Models this session created are deleted
-at its end (unless --keep-models; see harness.session).
+`harness-<profile>[-<type>]-<hash8>-<run6>` (hash of the file, the Modelfile and any `quantize`). A user's
+GGUF goes the same way after `check_gguf` (errors stop the run with the findings). An existing model
+(`--model`) is only looked up. Models this session created are deleted at its end (unless --keep-models; see
+harness.session). With --keep-models the name has no run part, so a re-run with nothing changed finds the
+model on the server and creates nothing (GGUFs are cached by spec hash: `build_cached`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.client import OllamaRequestError
 from harness.errors import HarnessError, ServerError
 
 FIXTURE_MODELFILE = (
@@ -44,6 +48,11 @@ class ModelUnderTest:
     digest: str | None = None
     modelfile: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    tensor_type: str | None = None  # the type asked by --matrix (None: the file's own)
+    quantize: str | None = None  # the `quantize` the create asked of the server
+    file_size: int | None = None  # bytes of the model's files, as the server lists them
+    reused: bool = False  # already on the server (--keep-models re-run): not created again
+    setup_s: float | None = None  # seconds to build, upload and create (or find) it
 
     @property
     def context_length(self) -> int | None:
@@ -72,13 +81,20 @@ class ModelUnderTest:
             "digest": self.digest,
             "modelfile": self.modelfile,
             "details": self.details,
+            "tensor_type": self.tensor_type,
+            "quantize": self.quantize,
+            "file_size": self.file_size,
+            "reused": self.reused,
+            "setup_s": self.setup_s,
         }
 
 
-def unique_model_name(kind: str, content_hash: str, run_id: str) -> str:
-    """`harness-<kind>-<hash8>-<run6>`: unique per run, recognisable, valid as an Ollama model name."""
+def unique_model_name(kind: str, content_hash: str, run_id: str | None) -> str:
+    """`harness-<kind>-<hash8>-<run6>`: unique per run, recognisable, valid as an Ollama model name.
+    Without a run id, `harness-<kind>-<hash8>`: the same content always gets the same name (kept models)."""
     safe_kind = _NAME_UNSAFE.sub("-", kind.lower()).strip("-") or "model"
-    return f"harness-{safe_kind}-{content_hash[:8]}-{run_id[-6:]}"
+    name = f"harness-{safe_kind}-{content_hash[:8]}"
+    return f"{name}-{run_id[-6:]}" if run_id else name
 
 
 def gguf_facts(path: Path) -> dict[str, Any]:
@@ -145,18 +161,29 @@ class ModelFactory:
     def __call__(self, profile: str, *, modelfile: str | None = None) -> ModelUnderTest:
         return self.from_profile(profile, modelfile=modelfile)
 
-    def from_profile(self, profile: str, *, modelfile: str | None = None) -> ModelUnderTest:
-        """The fixture model of `profile` (built, created and remembered on first use)."""
-        key = f"profile:{profile}:{modelfile}"
+    @property
+    def _run_suffix(self) -> str | None:
+        """The run id in model names; none with --keep-models, so that a re-run finds its models again."""
+        return None if self.session.options.keep_models else self.session.recorder.run_id
+
+    def from_profile(
+        self, profile: str, *, modelfile: str | None = None, tensor_type: str | None = None
+    ) -> ModelUnderTest:
+        """The fixture model of `profile` (built, created and remembered on first use); `tensor_type`
+        builds it in another type than the profile's (the --matrix)."""
+        key = f"profile:{profile}:{modelfile}:{tensor_type}"
         if key not in self._by_key:
             from harness.gguf.build import build_cached
             from harness.gguf.spec import load_profile
 
+            started = time.perf_counter()
             spec = load_profile(profile)
+            if tensor_type is not None:
+                spec = spec.replace(tensor_type=tensor_type)
             built = build_cached(spec)
-            name = unique_model_name(spec.name, built.spec_hash, self.session.recorder.run_id)
+            kind = f"{spec.name}-{tensor_type}" if tensor_type else spec.name
             self._by_key[key] = self._create(
-                name,
+                kind,
                 built.path,
                 modelfile or FIXTURE_MODELFILE,
                 source="fixture",
@@ -164,17 +191,43 @@ class ModelFactory:
                 spec=spec,
                 spec_hash=built.spec_hash,
                 sha256=built.sha256,
+                tensor_type=tensor_type,
+                started=started,
             )
         return self._by_key[key]
 
-    def from_gguf(self, path: Path, *, modelfile: str | None = None) -> ModelUnderTest:
-        """A model created from the user's GGUF file (already checked at session start)."""
-        key = f"gguf:{path}:{modelfile}"
+    def from_gguf(
+        self, path: Path, *, modelfile: str | None = None, tensor_type: str | None = None
+    ) -> ModelUnderTest:
+        """A model created from the user's GGUF file (already checked at session start); a `tensor_type`
+        other than the file's is asked of the server (`quantize`), which raises `QuantizeNotSupported`
+        when the server refuses."""
+        key = f"gguf:{path}:{modelfile}:{tensor_type}"
         if key not in self._by_key:
+            from harness.matrix import plan_entry
+
+            started = time.perf_counter()
             sha256 = file_sha256(path)
-            name = unique_model_name(path.stem, sha256, self.session.recorder.run_id)
-            self._by_key[key] = self._create(name, path.resolve(), modelfile, source="gguf", sha256=sha256)
+            quantize = None
+            if tensor_type is not None:
+                quantize = plan_entry(tensor_type, file_type=self._file_type(path)).quantize
+            kind = f"{path.stem}-{tensor_type}" if quantize else path.stem
+            self._by_key[key] = self._create(
+                kind,
+                path.resolve(),
+                modelfile,
+                source="gguf",
+                sha256=sha256,
+                tensor_type=tensor_type,
+                quantize=quantize,
+                started=started,
+            )
         return self._by_key[key]
+
+    @staticmethod
+    def _file_type(path: Path) -> str | None:
+        level = gguf_facts(path).get("quantization_level")
+        return str(level) if level else None
 
     def existing(self, name: str) -> ModelUnderTest:
         """A model already on the server (`--model`): looked up, never created nor deleted."""
@@ -200,7 +253,7 @@ class ModelFactory:
 
     def _create(
         self,
-        name: str,
+        kind: str,
         gguf_path: Path,
         modelfile_template: str | None,
         *,
@@ -209,14 +262,38 @@ class ModelFactory:
         profile: str | None = None,
         spec: Any = None,
         spec_hash: str | None = None,
+        tensor_type: str | None = None,
+        quantize: str | None = None,
+        started: float | None = None,
     ) -> ModelUnderTest:
+        """Create the model (named after its content) unless a kept one of that name is on the server."""
         from harness.modelfile import parse_modelfile, quote, render_modelfile
 
+        started = time.perf_counter() if started is None else started
         if modelfile_template is None:
             text = f"FROM {quote(str(gguf_path))}\n"
         else:
             text = render_modelfile(modelfile_template, gguf_path=str(gguf_path))
-        self.client.create_from_modelfile(name, parse_modelfile(text), relative_dir=gguf_path.parent)
+        content = hashlib.sha256(
+            "\0".join([sha256, text.replace(str(gguf_path), "<gguf>"), quantize or ""]).encode()
+        ).hexdigest()
+        name = unique_model_name(kind, content, self._run_suffix)
+        listed = _listing(self.client, name) if self._run_suffix is None else None
+        reused = listed is not None
+        if listed is None:
+            try:
+                self.client.create_from_modelfile(
+                    name, parse_modelfile(text), relative_dir=gguf_path.parent, quantize=quantize
+                )
+            except OllamaRequestError as error:
+                if quantize is not None and error.status_code == 400:
+                    from harness.matrix import quantize_refusal
+
+                    raise quantize_refusal(
+                        quantize, self._file_type(gguf_path), error.server_message or error.message
+                    ) from error
+                raise
+            listed = _listing(self.client, name) or {}
         model = ModelUnderTest(
             name=name,
             source=source,
@@ -226,9 +303,14 @@ class ModelFactory:
             spec_hash=spec_hash,
             gguf_path=gguf_path,
             gguf_sha256=sha256,
-            digest=_digest_of(self.client, name),
+            digest=listed.get("digest"),
             modelfile=text,
             details=_details(self.client.show(name)),
+            tensor_type=tensor_type,
+            quantize=quantize,
+            file_size=listed.get("size"),
+            reused=reused,
+            setup_s=round(time.perf_counter() - started, 6),
         )
         self.session.add_model(model)
         return model
@@ -243,18 +325,21 @@ def _details(shown: Any) -> dict[str, Any]:
     return dict(details)
 
 
-def _digest_of(client: Any, name: str) -> str | None:
+def _listing(client: Any, name: str) -> dict[str, Any] | None:
+    """The server's /api/tags entry for `name` ({"digest", "size"}), or None when it is not listed."""
     try:
         listed = client.list()
     except ServerError:
         return None
     models = listed.get("models") if isinstance(listed, dict) else getattr(listed, "models", listed)
     for entry in models or []:
-        entry_name = (
-            entry.get("name") or entry.get("model")
-            if isinstance(entry, dict)
-            else getattr(entry, "model", "")
-        )
+        fields = entry if isinstance(entry, dict) else entry.model_dump()
+        entry_name = fields.get("name") or fields.get("model") or ""
         if str(entry_name).removesuffix(":latest") == name.removesuffix(":latest"):
-            return entry.get("digest") if isinstance(entry, dict) else getattr(entry, "digest", None)
+            return {"digest": fields.get("digest"), "size": fields.get("size")}
     return None
+
+
+def _digest_of(client: Any, name: str) -> str | None:
+    listed = _listing(client, name)
+    return listed.get("digest") if listed else None

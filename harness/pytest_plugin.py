@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import FrameType
@@ -27,6 +28,7 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import HarnessError
+from harness.server_time import ServerTimeLog
 from harness.suite_options import (
     DEFAULT_NUM_PREDICT,
     DEFAULT_PROFILE,
@@ -52,8 +54,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ollama-host",
         metavar="HOST",
         default=None,
+        action="append",
         help="Ollama server to test (default: $OLLAMA_HOST, else 127.0.0.1:11434; when nothing answers there "
-        "and no host was named, the embedded engine is started)",
+        "and no host was named, the embedded engine is started); repeat it or separate hosts by commas to "
+        "test several (one after another, or one per pytest-xdist worker with -n)",
     )
     group.addoption(
         "--embedded-engine",
@@ -109,6 +113,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--harness-config", metavar="PATH", help="harness.toml to use (default: found from the cwd up)"
     )
     group.addoption(
+        "--matrix",
+        dest="harness_matrix",
+        metavar="TYPES",
+        help="run the suites once per tensor type, e.g. f32,f16,q8_0,q4_0 (fixture: built in each type; "
+        "--gguf: quantized by the server at create where it can)",
+    )
+    group.addoption(
         "--engine-models-dir",
         metavar="DIR",
         help="models folder of the embedded engine (default: a temporary folder removed at the end)",
@@ -138,8 +149,20 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
     if request_timeout <= 0:
         raise HarnessError(f"--request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120")
     engine_models_dir = get("engine_models_dir")
+    from harness.matrix import parse_matrix
+
+    if model and get("harness_matrix"):
+        raise HarnessError(
+            "--matrix with --model: an existing model has one tensor type",
+            "use --matrix with a fixture profile or with --gguf (an F16/F32 file the server can quantize)",
+        )
+    matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
+    from harness.hosts import parse_hosts
+
+    hosts = parse_hosts(get("ollama_host"))
     return SuiteOptions(
-        host=get("ollama_host"),
+        host=hosts[0] if hosts else None,
+        hosts=hosts,
         embedded=bool(get("embedded_engine")),
         model=model,
         gguf=Path(gguf).expanduser() if gguf else None,
@@ -154,13 +177,17 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
         num_predict=positive_int(get("num_predict"), "--num-predict") or DEFAULT_NUM_PREDICT,
         request_timeout_s=request_timeout,
         engine_models_dir=Path(engine_models_dir) if engine_models_dir else None,
+        matrix=matrix,
     )
 
 
 def activate(config: pytest.Config) -> None:
     """Turn the harness on for this pytest run (called by suites/conftest.py from `pytest_configure`)."""
     if not config.pluginmanager.has_plugin(_PLUGIN_NAME):
-        config.pluginmanager.register(HarnessPlugin(config), _PLUGIN_NAME)
+        from harness.pytest_hosts import ScaleOutPlugin, needs_scale_out  # several hosts, pytest-xdist
+
+        plugin = ScaleOutPlugin(config) if needs_scale_out(config) else HarnessPlugin(config)
+        config.pluginmanager.register(plugin, _PLUGIN_NAME)
 
 
 def _plugin(config: pytest.Config) -> HarnessPlugin:
@@ -189,6 +216,7 @@ class HarnessPlugin:
         self.interrupted: str | None = None
         self.summary: str | None = None
         self.model_under_test: str | None = None
+        self.server_time: ServerTimeLog | None = None
         self._previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
 
     # -------------------------------------------------------------------------------------------- start
@@ -198,8 +226,18 @@ class HarnessPlugin:
         if self.harness is None:
             from harness.session import HarnessSession  # imports the client and the engine only when active
 
+            started = time.perf_counter()
             options = options_from_pytest(self.config)
             self.harness = HarnessSession.start(options, suites=[str(arg) for arg in self.config.args])
+            self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
+            self.server_time = ServerTimeLog()
+            if self.harness.client is not None:
+                self.harness.client.on_completion = self.server_time.add
+                self.harness.client.on_request = self.server_time.add_request
+            if options.matrix:
+                from harness.matrix import matrix_meta
+
+                self.harness.recorder.update({"matrix": matrix_meta(options.matrix)})
         return self.harness
 
     @pytest.hookimpl(tryfirst=True)
@@ -241,8 +279,29 @@ class HarnessPlugin:
 
     # -------------------------------------------------------------------------------------------- collection
 
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """--matrix: every test of the model under test runs once per tensor type (a session-scoped
+        parameter, so each type's model is set up once and its tests run together)."""
+        if "matrix_type" not in metafunc.fixturenames:
+            return
         options = self.harness.options if self.harness is not None else None
+        matrix = options.matrix if options is not None else ()
+        if not matrix and self.harness is None:
+            with contextlib.suppress(HarnessError):
+                matrix = options_from_pytest(self.config).matrix
+        if matrix:
+            metafunc.parametrize("matrix_type", matrix, indirect=True, scope="session", ids=list(matrix))
+
+    def current_options(self) -> SuiteOptions | None:
+        """The session's options once it started (ScaleOutPlugin: before any host is reached)."""
+        return self.harness.options if self.harness is not None else None
+
+    def session_for(self, host: str | None) -> HarnessSession:
+        """The session of `host` (one host here: the session; ScaleOutPlugin: one per host)."""
+        return self.start()
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        options = self.current_options()
         for item in items:
             if item.get_closest_marker("timeout") is None:
                 item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT_S))
@@ -285,13 +344,19 @@ class HarnessPlugin:
         harness = self.harness
         if harness is None:
             return
+        record = self.outcome_record(report)
+        if record is not None:
+            harness.record(record)
+
+    def outcome_record(self, report: pytest.TestReport) -> dict[str, Any] | None:
+        """The "test" record of a report that ends a test's outcome (None for the others)."""
         final = (
             report.when == "call"
             or (report.when == "setup" and not report.passed)
             or (report.when == "teardown" and report.failed)
         )
         if not final:
-            return
+            return None
         outcome: str = report.outcome
         if hasattr(report, "wasxfail"):
             outcome = "xfailed" if report.skipped else "xpassed"
@@ -310,7 +375,7 @@ class HarnessPlugin:
             record["xfail_reason"] = report.wasxfail
         if report.user_properties:
             record["properties"] = dict(report.user_properties)
-        harness.record(record)
+        return record
 
     # -------------------------------------------------------------------------------------------- end
 
@@ -333,6 +398,9 @@ class HarnessPlugin:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
         if harness is None:
             return
+        if self.server_time is not None:
+            for record in self.server_time.records():
+                harness.record(record)
         reason: str | None = None
         if harness.server_down is not None:
             reason = harness.server_down
@@ -376,11 +444,17 @@ def _short_message(report: pytest.TestReport) -> str:
 
 
 @pytest.fixture(scope="session")
-def harness_session(request: pytest.FixtureRequest) -> Any:
-    """The active HarnessSession (server, client, run record, options)."""
+def harness_host(request: pytest.FixtureRequest) -> str | None:
+    """The host of this parameter when --ollama-host names several (None with one host or none)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="session")
+def harness_session(request: pytest.FixtureRequest, harness_host: str | None) -> Any:
+    """The active HarnessSession (server, client, run record, options) of this test's host."""
     plugin = _plugin(request.config)
     try:
-        return plugin.start()
+        return plugin.session_for(harness_host)
     except HarnessError as error:
         pytest.exit(f"ollama-harness cannot start: {error}", returncode=EXIT_CANNOT_START)
 
@@ -401,21 +475,42 @@ def fixture_models(harness_session: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def model_under_test(request: pytest.FixtureRequest, harness_session: Any, fixture_models: Any) -> Any:
-    """The model the suites test: --model, --gguf (created from the file), or the fixture profile's model.
+def matrix_type(request: pytest.FixtureRequest) -> str | None:
+    """The tensor type of this --matrix parameter (None without --matrix)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="session")
+def model_under_test(
+    request: pytest.FixtureRequest, harness_session: Any, fixture_models: Any, matrix_type: str | None
+) -> Any:
+    """The model the suites test: --model, --gguf (created from the file), or the fixture profile's model;
+    with --matrix, that model in the tensor type of this parameter.
 
     Most tests need it, so when it cannot be set up the run ends at once with the reason (exit status 2).
+    A matrix type the server cannot quantize to skips its tests with the reason instead.
     """
+    from harness.matrix import QuantizeNotSupported, record_matrix_entry
+
     options = harness_session.options
     try:
         if options.model:
             model = fixture_models.existing(options.model)
         elif options.gguf:
-            model = fixture_models.from_gguf(options.gguf, modelfile=options.modelfile)
+            model = fixture_models.from_gguf(
+                options.gguf, modelfile=options.modelfile, tensor_type=matrix_type
+            )
         else:
-            model = fixture_models.from_profile(options.profile, modelfile=options.modelfile)
+            model = fixture_models.from_profile(
+                options.profile, modelfile=options.modelfile, tensor_type=matrix_type
+            )
+    except QuantizeNotSupported as error:
+        record_matrix_entry(harness_session.recorder, matrix_type, skipped=error.message)
+        pytest.skip(error.message)
     except HarnessError as error:
         pytest.exit(f"ollama-harness: the model under test could not be set up: {error}", EXIT_CANNOT_START)
+    if matrix_type is not None:
+        record_matrix_entry(harness_session.recorder, matrix_type, model=model.name)
     _plugin(request.config).model_under_test = model.name
     return model
 

@@ -501,6 +501,9 @@ def build_report(
                 f"load scenario {record.get('scenario')} on {record.get('model')}: the load client was "
                 f"saturated ({reasons}); its timings partly measure the client"
             )
+    from harness.report_hosts import compare_hosts, host_notes  # hosts side by side (a multi-host run)
+
+    report.notes.extend(host_notes(compare_hosts(run)))
     current = collect_metrics(run)
     if overrides:
         check_threshold_signs(overrides, current.values())

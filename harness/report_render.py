@@ -15,6 +15,7 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.errors import RunRecordError
+from harness.matrix import matrix_table, matrix_to_json, summarise_matrix
 from harness.report import (
     SHOWN_PERCENTILES,
     HistoryRow,
@@ -22,6 +23,7 @@ from harness.report import (
     RunReport,
     SuiteSummary,
 )
+from harness.report_hosts import compare_hosts, hosts_table, hosts_to_json
 from harness.runs import RunRecord
 
 FORMATS = ("text", "markdown", "json")
@@ -267,6 +269,12 @@ def _sections(report: RunReport) -> list[tuple[str, list[str], list[list[Any]]]]
                 ],
             )
         )
+    matrix = summarise_matrix(report.run)
+    if matrix is not None:
+        sections.append(("Quantization matrix", *matrix_table(matrix)))
+    host_rows = compare_hosts(report.run)
+    if host_rows:
+        sections.append(("Hosts", *hosts_table(host_rows)))
     if report.baseline is not None:
         sections.append(
             (
@@ -408,6 +416,8 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
             }
             for m in report.memory
         ],
+        "matrix": None if (matrix := summarise_matrix(run)) is None else matrix_to_json(matrix),
+        "hosts": hosts_to_json(compare_hosts(run)),
         "baseline": None
         if report.baseline is None
         else {"id": report.baseline.run_id, "path": str(report.baseline.path)},

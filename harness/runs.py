@@ -48,7 +48,7 @@ SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 LATEST_LINK = "latest"
-RESULT_KINDS = ("test", "prompt", "suite", "load", "memory")
+RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests")  # requests: harness.server_time
 RUN_STATUSES = ("running", "complete", "incomplete")
 
 

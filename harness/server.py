@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from harness.errors import ServerError
+from harness.http_tls import verify_for
 
 DEFAULT_HOST = "127.0.0.1:11434"
 READY_TEXT = "Ollama is running"
@@ -57,7 +58,7 @@ def requested_host(option: str | None, environ: Mapping[str, str] | None = None)
 def probe(url: str, *, timeout: float = 2.0) -> str | None:
     """None when an Ollama server answers `GET /` at `url` with "Ollama is running"; else why not."""
     try:
-        response = httpx.get(url + "/", timeout=timeout)
+        response = httpx.get(url + "/", timeout=timeout, verify=verify_for(url))
     except httpx.TimeoutException:
         return f"no answer within {timeout:g} s"
     except httpx.HTTPError as error:
@@ -133,7 +134,9 @@ def find_listening_pid(url: str) -> int | None:
 def detect_kind(url: str, *, timeout: float = 2.0) -> str:
     """ "embedded" when the server's version has the harness engine's `+harness` build tag, else "ollama"."""
     try:
-        version = httpx.get(url + "/api/version", timeout=timeout).json().get("version", "")
+        version = (
+            httpx.get(url + "/api/version", timeout=timeout, verify=verify_for(url)).json().get("version", "")
+        )
     except (httpx.HTTPError, ValueError, AttributeError):
         return "ollama"
     return "embedded" if EMBEDDED_VERSION_TAG in str(version) else "ollama"

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.client import OllamaClient
 from harness.errors import HarnessError, ServerError
+from harness.hosts import HostRecorder
 from harness.models_under_test import ModelUnderTest, check_user_gguf
 from harness.runs import RunRecorder
 from harness.server import Server, reach_server, requested_host
@@ -37,7 +38,7 @@ EMBEDDED_ENGINE_ENV = {
 class HarnessSession:
     """The state the suites share for one pytest session. Create with `start`, end with `finish`."""
 
-    def __init__(self, options: SuiteOptions, recorder: RunRecorder) -> None:
+    def __init__(self, options: SuiteOptions, recorder: RunRecorder | HostRecorder) -> None:
         self.options = options
         self.recorder = recorder
         self._stack = ExitStack()
@@ -50,12 +51,20 @@ class HarnessSession:
         self.interrupted: str | None = None
 
     @classmethod
-    def start(cls, options: SuiteOptions, *, suites: list[str] | None = None) -> HarnessSession:
-        """Open the run folder, reach the server and read its version; raises HarnessError when that fails
-        (the run folder is then kept, marked incomplete with the reason)."""
-        recorder = RunRecorder.create(
-            options.run_dir, {"options": options.to_record(), "suites": suites or []}
-        )
+    def start(
+        cls,
+        options: SuiteOptions,
+        *,
+        suites: list[str] | None = None,
+        recorder: RunRecorder | HostRecorder | None = None,
+    ) -> HarnessSession:
+        """Open the run folder (or write through `recorder`: one host of a multi-host run), reach the server
+        and read its version; raises HarnessError when that fails (the run folder is then kept, marked
+        incomplete with the reason)."""
+        if recorder is None:
+            recorder = RunRecorder.create(
+                options.run_dir, {"options": options.to_record(), "suites": suites or []}
+            )
         session = cls(options, recorder)
         try:
             if options.gguf is not None:
@@ -150,6 +159,8 @@ class HarnessSession:
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one result record to the run (thread-safe; a finished run ignores late records)."""
+        if self.server is not None and "host" not in record:
+            record = {**record, "host": self.server.host}
         if not self.recorder.finished:
             self.recorder.append(record)
 

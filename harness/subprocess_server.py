@@ -16,6 +16,7 @@ from typing import TypeVar
 import httpx
 
 from harness.errors import ServerError
+from harness.http_tls import verify_for
 
 _Server = TypeVar("_Server", bound="SubprocessServer")
 
@@ -78,7 +79,7 @@ class SubprocessServer:
                     self._hint(),
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if self._is_ready(httpx.get(self.url + "/", timeout=1.0)):
+                if self._is_ready(httpx.get(self.url + "/", timeout=1.0, verify=verify_for(self.url))):
                     return
             time.sleep(0.05)
         raise ServerError(

@@ -66,7 +66,9 @@ def load_suite(name_or_path: str | Path, data_dir: Path = DATA_DIR) -> Suite:
     if path.suffix not in (".yaml", ".yml"):
         path = data_dir / f"{name_or_path}.yaml"
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader when built in: 10x faster than the pure-Python one, the same documents
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except FileNotFoundError:
         raise SuiteDataError(
             f"suite file not found: {path}", f"known suites: {', '.join(list_suites(data_dir)) or 'none'}"

@@ -30,6 +30,7 @@ class SuiteOptions:
     """Everything the suites need to know about what to test and how, after validation."""
 
     host: str | None = None
+    hosts: tuple[str, ...] = ()  # every --ollama-host (harness.hosts); `host` is this session's
     embedded: bool = False
     model: str | None = None
     gguf: Path | None = None
@@ -44,6 +45,7 @@ class SuiteOptions:
     num_predict: int = DEFAULT_NUM_PREDICT
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     engine_models_dir: Path | None = None
+    matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.matrix)
 
     @property
     def uses_fixture_model(self) -> bool:
@@ -65,6 +67,7 @@ class SuiteOptions:
         """The options as plain data for run.json."""
         return {
             "host": self.host,
+            "hosts": list(self.hosts),
             "embedded": self.embedded,
             "model": self.model,
             "gguf": str(self.gguf) if self.gguf else None,
@@ -78,6 +81,7 @@ class SuiteOptions:
             "max_items": self.max_items,
             "num_predict": self.num_predict,
             "request_timeout_s": self.request_timeout_s,
+            "matrix": list(self.matrix),
         }
 
 

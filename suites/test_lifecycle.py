@@ -14,6 +14,8 @@ makes it knowable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,12 @@ import ollama
 import pytest
 
 from harness.errors import ServerError
+from harness.gguf import broken as broken_module
 from harness.gguf.broken import ABORT, BROKEN_KINDS, write_broken
+from harness.gguf.build import default_cache_dir
 from harness.gguf.check import check_gguf
 from harness.gguf.spec import load_profile
+from harness.http_tls import verify_for
 from harness.models_under_test import gguf_facts, unique_model_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,7 +127,8 @@ def test_streaming_equals_non_streaming(
     options = {**GREEDY, "num_predict": 16}
     streamed = ollama_client.generate(model_under_test.name, _prompt(model_under_test), options=options)
     # The harness client always streams; the official client asks for one JSON answer (stream: false).
-    with ollama.Client(host=harness_session.server.url, timeout=60) as official:
+    url = harness_session.server.url
+    with ollama.Client(host=url, timeout=60, verify=verify_for(url)) as official:
         whole = official.generate(
             model=model_under_test.name, prompt=_prompt(model_under_test), options=options
         )
@@ -210,6 +216,27 @@ def test_oracle_continuation_through_the_modelfile_template(ollama_client: Any, 
     assert raw.text == expected.continuation, f"raw: {raw.text!r}, expected {expected.continuation!r}"
 
 
+@pytest.mark.fixture_weights("the oracle's continuation is known only for the oracle fixture")
+def test_oracle_output_is_the_same_in_every_matrix_type(
+    harness_session: Any, ollama_client: Any, fixture_models: Any
+) -> None:
+    """--matrix: the oracle built in each type gives the same exact reply (its margin survives q4_0)."""
+    types = harness_session.options.matrix
+    if len(types) < 2:
+        pytest.skip("no --matrix of two or more tensor types")
+    replies = {}
+    for tensor_type in types:
+        oracle = fixture_models.from_profile("oracle", tensor_type=tensor_type)
+        reply = ollama_client.generate(
+            oracle.name, oracle.oracle.prompt, options={**GREEDY, "num_predict": 32}, raw=True
+        )
+        replies[tensor_type] = (reply.text, reply.done_reason)
+    expected = (load_profile("oracle").oracle.continuation, "stop")
+    assert all(reply == expected for reply in replies.values()), (
+        f"expected {expected} in every type: {replies}"
+    )
+
+
 @pytest.mark.fixture_weights("random weights are built from a fixture profile")
 def test_random_weights_generate_without_error(ollama_client: Any, fixture_models: Any) -> None:
     tiny = fixture_models("tiny")
@@ -223,11 +250,11 @@ def test_random_weights_generate_without_error(ollama_client: Any, fixture_model
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind_name", sorted(BROKEN_KINDS))
 def test_broken_gguf_is_rejected_with_its_cause(
-    kind_name: str, harness_session: Any, ollama_client: Any, tmp_path: Path, record_property: Any
+    kind_name: str, harness_session: Any, ollama_client: Any, record_property: Any
 ) -> None:
     kind = BROKEN_KINDS[kind_name]
     spec = load_profile(BROKEN_BASE_PROFILE)
-    path = write_broken(kind, spec, tmp_path / f"{kind_name}.gguf")
+    path = _broken_file(kind_name, spec)
     findings = check_gguf(path, deep=kind.deep)
     name = unique_model_name(f"broken-{kind_name}", spec.spec_hash(), harness_session.recorder.run_id)
     stage, error = _create_and_load(ollama_client, name, path)
@@ -247,6 +274,19 @@ def test_broken_gguf_is_rejected_with_its_cause(
         assert any(cause in error for cause in causes), (
             f"{kind_name}: the error does not name the cause.\n  error: {error}\n  expected one of: {causes}"
         )
+
+
+def _broken_file(kind_name: str, spec: Any) -> Path:
+    """The broken file of `kind_name`, written once per spec and version of harness.gguf.broken into the GGUF
+    cache (a warm re-run builds no GGUF)."""
+    source = hashlib.sha256(Path(broken_module.__file__ or "").read_bytes()).hexdigest()[:12]
+    path = default_cache_dir() / "broken" / f"{kind_name}-{spec.spec_hash()[:16]}-{source}.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        write_broken(BROKEN_KINDS[kind_name], spec, partial)
+        os.replace(partial, path)
+    return path
 
 
 def _create_and_load(client: Any, name: str, path: Path) -> tuple[str, str | None]:

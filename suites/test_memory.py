@@ -18,6 +18,7 @@ from typing import Any
 import ollama
 import pytest
 
+from harness.http_tls import verify_for
 from harness.memory import (
     MemorySampler,
     estimate_model_memory,
@@ -141,7 +142,7 @@ def test_runner_rss_growth_over_requests_is_bounded(
 
 def _unload_others(host: str, keep: str) -> None:
     """Unload every other loaded model, so that the runners seen are this model's only."""
-    with ollama.Client(host=host, timeout=30) as client:
+    with ollama.Client(host=host, timeout=30, verify=verify_for(host)) as client:
         for entry in client.ps().models:
             name = entry.model or ""
             if name and name.removesuffix(":latest") != keep.removesuffix(":latest"):

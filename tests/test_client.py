@@ -199,6 +199,10 @@ def test_first_token_stall_says_which_request_and_how_long(
     assert error.value.message == (
         f"Ollama at {client.url} stalled on generate (model 'slow'): no first token for 0.4 s"
     )
+    # The test server answers one request at a time: wait until the late reply is done so that it cannot
+    # hold up the next test's requests.
+    httpserver.expect_request("/api/version").respond_with_json({"version": "0.0.0"})
+    assert client.version() == "0.0.0"
 
 
 def test_request_time_limit(httpserver: HTTPServer, client: OllamaClient) -> None:

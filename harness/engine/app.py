@@ -45,8 +45,17 @@ ENGINE_VERSION = f"{OLLAMA_API_LEVEL}+harness.{__version__}"
 NDJSON = "application/x-ndjson"
 
 
+def _error_body(message: str) -> dict[str, str]:
+    """The `{"error": ...}` object for a message; every error text leaves the engine through here.
+
+    Texts can carry bytes that are not UTF-8 (the GGUF reader keeps them as surrogate escapes in tensor
+    names and keys); they are shown backslash-escaped so that the answer stays valid UTF-8 JSON.
+    """
+    return {"error": message.encode("utf-8", "backslashreplace").decode("utf-8")}
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse(_error_body(message), status_code=status)
 
 
 def _now() -> str:
@@ -103,7 +112,7 @@ async def _respond(
             async for event in events:
                 yield json.dumps(event).encode() + b"\n"
         except ApiError as error:
-            yield json.dumps({"error": error.message}).encode() + b"\n"
+            yield json.dumps(_error_body(error.message)).encode() + b"\n"
         finally:
             await events.aclose()
 

@@ -57,6 +57,7 @@ _BUFFER_SIZE = re.compile(
 MIB = 1 << 20
 _LOAD_DONE = "model loaded"  # llama-server's init line after the model and context are set up
 _VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
+_TIMEOUT = httpx.Timeout(None, connect=10.0)  # a completion may run long; connecting to loopback may not
 
 
 def set_parent_death_signal() -> None:
@@ -74,7 +75,7 @@ class RunnerLoadError(RuntimeError):
 
 
 class RunnerDiedError(RuntimeError):
-    """The runner process went away while serving a request."""
+    """The runner process exited while serving a request."""
 
 
 class RunnerRequestError(RuntimeError):
@@ -141,7 +142,8 @@ class RunnerProcess:
         self.log_path = log_path
         self.model_path = model_path
         self.buffer_bytes = buffer_bytes
-        self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(None, connect=10.0))
+        self.client = httpx.AsyncClient(base_url=url, timeout=_TIMEOUT)
+        self._death: str | None = None  # why it exited, kept once known (its log goes when it is stopped)
 
     @property
     def pid(self) -> int:
@@ -237,15 +239,29 @@ class RunnerProcess:
             return 0
 
     def death_message(self) -> str:
-        """Why the runner is gone, in Ollama's words, for errors on in-flight requests."""
-        return termination_message(self.process.returncode, self.log_path.read_text(errors="replace"))
+        """Why the runner is gone, in Ollama's words, for errors on in-flight requests.
+
+        The cause is read from the runner's log once the process has exited and kept: `stop()` deletes
+        the log, possibly while other requests are still to report the death."""
+        if self._death is not None:
+            return self._death
+        try:
+            stderr_text = self.log_path.read_text(errors="replace")
+        except OSError:
+            stderr_text = ""
+        message = termination_message(self.process.returncode, stderr_text)
+        if self.process.returncode is not None:
+            self._death = message
+        return message
 
     async def completion(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Stream llama-server `/completion` events (SSE `data:` lines) as dicts; raise RunnerDiedError."""
+        """Stream llama-server `/completion` events (SSE `data:` lines) as dicts.
+
+        Raises RunnerDiedError when the runner process exited, RunnerRequestError when it refused the
+        request or its connection broke while the process lives on."""
         try:
-            async with self.client.stream(
-                "POST", "/completion", json={**payload, "stream": True}
-            ) as response:
+            async with contextlib.AsyncExitStack() as stack:
+                response = await self._post_completion(stack, {**payload, "stream": True})
                 if response.status_code != 200:
                     body = await response.aread()
                     message = _error_text(body) or f"llama-server answered {response.status_code}"
@@ -257,15 +273,40 @@ class RunnerProcess:
                             raise RunnerRequestError(500, _error_text(json.dumps(event).encode()))
                         yield event
         except (httpx.TransportError, httpx.StreamError) as error:
-            await asyncio.sleep(0.05)
-            if not self.alive() or self.process.returncode is not None:
+            await asyncio.sleep(0.05)  # let asyncio see an exit that caused the error
+            if not self.alive():
                 raise RunnerDiedError(self.death_message()) from error
-            raise RunnerDiedError(f"an error was encountered while running the model: {error}") from error
+            raise RunnerRequestError(
+                500, f"an error was encountered while running the model: {error}"
+            ) from error
+
+    async def _post_completion(
+        self, stack: contextlib.AsyncExitStack, body: dict[str, Any]
+    ) -> httpx.Response:
+        """POST /completion and wait for the answer's head.
+
+        llama-server may close a pooled keep-alive connection just as a request goes out on it (about once
+        in 5,000 requests under load): the request fails before a byte of answer, the runner lives on. No
+        token was streamed, so the request is sent once more, on a fresh connection."""
+        try:
+            return await stack.enter_async_context(self.client.stream("POST", "/completion", json=body))
+        except httpx.TransportError as error:
+            if isinstance(error, httpx.TimeoutException) or not self.alive():
+                raise
+            log.info(
+                "runner pid=%d dropped a connection before answering (%r); retrying once", self.pid, error
+            )
+        fresh = await stack.enter_async_context(httpx.AsyncClient(base_url=self.url, timeout=_TIMEOUT))
+        return await stack.enter_async_context(fresh.stream("POST", "/completion", json=body))
 
     async def stop(self) -> None:
-        """Terminate the child (SIGTERM, then SIGKILL after 5 s) and close the HTTP client."""
+        """Terminate the child (SIGTERM, then SIGKILL after 5 s) and close the HTTP client; the cause of an
+        exit of its own is kept for `death_message` before the log is deleted."""
         await self.client.aclose()
+        exited = not self.alive()
         await _kill(self.process)
+        if exited or self.process.returncode not in (0, -signal.SIGTERM):  # not the exit asked for here
+            self.death_message()
         with contextlib.suppress(OSError):
             self.log_path.unlink()
 

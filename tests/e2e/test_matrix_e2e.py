@@ -1,0 +1,87 @@
+"""End to end: `pytest suites/ --matrix ...` on the embedded engine, and `harness report` on its run.
+
+Kept short with -k: the oracle profile in f32 and q4_0 (built in each type), and a user's F32 GGUF whose
+q8_0 the embedded engine cannot make (it refuses `quantize`): that type is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.gguf.build import build_cached
+from harness.gguf.spec import load_profile
+from harness.matrix import NOT_SUPPORTED
+
+from .test_suites_e2e import REPO, SUITES, explain, only_run, outcomes, run_suites
+
+SELECTED = "oracle or num_predict or ps_size or math"
+
+
+@pytest.mark.timeout(300)
+def test_matrix_runs_each_type_and_the_report_shows_it(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    done, _ = run_suites(
+        reports, str(SUITES), "--embedded-engine", "--matrix", "q4_0,f32", "-k", SELECTED, "--max-items", "2"
+    )
+    assert done.returncode == 0, explain(done)
+    run = only_run(reports)
+    tests = outcomes(run)
+    for tensor_type in ("f32", "q4_0"):
+        assert tests[f"suites/test_lifecycle.py::test_num_predict_is_exact[{tensor_type}]"] == "passed"
+        assert tests[f"suites/test_math.py::test_math_accuracy_reaches_the_threshold[{tensor_type}]"] == (
+            "xfailed"
+        )
+    assert tests["suites/test_lifecycle.py::test_oracle_output_is_the_same_in_every_matrix_type"] == "passed"
+    entries = {entry["tensor_type"]: entry for entry in run.meta["matrix"]["entries"]}
+    assert [entry["status"] for entry in entries.values()] == ["ok", "ok"]
+    models = {model["name"]: model for model in run.meta["models"]}
+    assert {models[entries[t]["model"]]["tensor_type"] for t in entries} == {"f32", "q4_0"}
+    suites = {record["model"]: record for record in run.of_kind("suite")}
+    assert set(suites) == {entries["f32"]["model"], entries["q4_0"]["model"]}
+    report = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(reports / "latest"), "--no-baseline"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "== Quantization matrix" in report.stdout, report.stdout + report.stderr
+    matrix = report.stdout.split("== Quantization matrix", 1)[1]
+    q4_line = next(line for line in matrix.splitlines() if line.startswith("q4_0"))
+    assert "(reference)" in next(line for line in matrix.splitlines() if line.startswith("f32"))
+    assert q4_line.count("%)") >= 4, q4_line  # deltas of file size, /api/ps size, TTFT, tokens/s
+
+
+@pytest.mark.timeout(300)
+def test_a_type_the_server_cannot_quantize_to_is_skipped_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    f32 = build_cached(load_profile("tiny").replace(tensor_type="f32"))
+    reports = tmp_path / "reports"
+    done, _ = run_suites(
+        reports,
+        str(SUITES / "test_lifecycle.py"),
+        "--embedded-engine",
+        "--gguf",
+        str(f32.path),
+        "--modelfile",
+        "fixture",
+        "--matrix",
+        "f32,q8_0",
+        "-k",
+        "num_predict",
+    )
+    assert done.returncode == 0, explain(done)
+    run = only_run(reports)
+    tests = outcomes(run)
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[f32]"] == "passed"
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q8_0]"] == "skipped"
+    skipped = next(r for r in run.of_kind("test") if r["nodeid"].endswith("[q8_0]"))
+    assert NOT_SUPPORTED in skipped["message"], skipped
+    entry = next(e for e in run.meta["matrix"]["entries"] if e["tensor_type"] == "q8_0")
+    assert entry["status"] == "skipped" and NOT_SUPPORTED in entry["reason"], entry
