@@ -16,21 +16,18 @@ the engine.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _suites_run import run_suites
 from tabulate import tabulate
 
 from harness.runs import load_run
 from harness.server_time import server_seconds
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_FRACTION = 0.05
 
 
@@ -57,29 +54,9 @@ class Overhead:
 
 def measure(pytest_args: list[str]) -> Overhead:
     """Run the suites once and account for the wall time."""
-    env = {key: value for key, value in os.environ.items() if key not in ("OLLAMA_HOST", "PYTEST_ADDOPTS")}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder:
         reports = Path(folder)
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "suites/",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--embedded-engine",
-            "--run-dir",
-            str(reports),
-            *pytest_args,
-        ]
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-        wall = time.perf_counter() - started
-        if done.returncode not in (0, 1):
-            raise SystemExit(
-                f"pytest ended with {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
-            )
+        done, wall = run_suites(reports, "suites/", "--embedded-engine", *pytest_args)
         run = load_run(reports / "latest")
         records = [*run.of_kind("requests"), *run.of_kind("load")]
         seconds = server_seconds(records)

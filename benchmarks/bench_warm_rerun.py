@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _suites_run import run_suites
 from tabulate import tabulate
 
 from harness.engine import EmbeddedEngine
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_SETUP_S = 1.0
 
 
@@ -53,30 +50,15 @@ def _cache_state(cache: Path) -> dict[str, int]:
 
 
 def _run(host: str, cache: Path, reports: Path, pytest_args: list[str]) -> RunFacts:
-    env = {key: value for key, value in os.environ.items() if key not in ("OLLAMA_HOST", "PYTEST_ADDOPTS")}
-    env["HARNESS_CACHE_DIR"] = str(cache)
     before = _cache_state(cache)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
+    done, wall = run_suites(
+        reports,
         "--ollama-host",
         host,
         "--keep-models",
-        "--run-dir",
-        str(reports),
         *(pytest_args or ["suites/"]),
-    ]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    wall = time.perf_counter() - started
-    if done.returncode not in (0, 1):
-        raise SystemExit(
-            f"pytest ended with {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
-        )
+        env={"HARNESS_CACHE_DIR": str(cache)},
+    )
     meta = json.loads((reports / "latest" / "run.json").read_text())
     models = [model for model in meta.get("models") or [] if model.get("created")]
     after = _cache_state(cache)

@@ -30,7 +30,6 @@ import pytest
 from harness.errors import HarnessError, ServerError
 from harness.hosts import HostRecorder, LocalSink, WorkerSink, host_label, parse_hosts
 from harness.pytest_plugin import (
-    EXIT_CANNOT_START,
     HarnessPlugin,
     _short_message,
     _suite_of,
@@ -273,11 +272,7 @@ class ScaleOutPlugin(HarnessPlugin):
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self._previous_sigterm is not None:
-            with contextlib.suppress(ValueError):
-                import signal
-
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._restore_sigterm()
         reasons: list[str] = []
         for host_session in self.sessions.values():
             reason = host_session.server_down or self.interrupted
@@ -310,16 +305,6 @@ class ScaleOutPlugin(HarnessPlugin):
         self.recorder.finish("incomplete" if reason else "complete", reason)
         state = f"INCOMPLETE ({reason})" if reason else "complete"
         self.summary = f"run {self.recorder.run_id} {state}: {self.recorder.path}"
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if self.config.option.collectonly:
-            return
-        try:
-            self.start()
-        except HarnessError as error:
-            pytest.exit(f"ollama-harness cannot start: {error}", returncode=EXIT_CANNOT_START)
-        self._install_sigterm()
 
 
 def _host_in_nodeid(nodeid: str, labels: list[str]) -> str | None:

@@ -259,6 +259,12 @@ class HarnessPlugin:
         with contextlib.suppress(ValueError):  # not the main thread
             self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
+    def _restore_sigterm(self) -> None:
+        """Put back the SIGTERM handler `_install_sigterm` replaced."""
+        if self._previous_sigterm is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+
     def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
         harness = self.harness
         if harness is None or harness.server is None:
@@ -393,9 +399,7 @@ class HarnessPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         harness = self.harness
-        if self._previous_sigterm is not None:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._restore_sigterm()
         if harness is None:
             return
         if self.server_time is not None:

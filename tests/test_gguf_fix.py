@@ -28,6 +28,7 @@ from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import load_profile
 from harness.llamacpp import generate, trial_load
+from harness.testing import edited, story_breakage
 
 ORACLE_PROMPT = "hello the"
 ORACLE_REPLY = " is two one."
@@ -63,29 +64,6 @@ def same_model(a: Path, b: Path) -> bool:
     infos_a = [(t.name, t.ne, t.ggml_type, t.offset) for t in header_a.tensors]
     infos_b = [(t.name, t.ne, t.ggml_type, t.offset) for t in header_b.tensors]
     return kvs_a == kvs_b and infos_a == infos_b and data_a == data_b
-
-
-def edited(spec_name: str, path: Path, edit: object) -> Path:
-    """The fixture `spec_name` written at `path` after `edit(plan)` changed its plan."""
-    plan = plan_gguf(load_profile(spec_name))
-    plan = dataclasses.replace(plan, kvs=dict(plan.kvs), tensors=list(plan.tensors))
-    edit(plan)  # type: ignore[operator]
-    return write_gguf(plan, path).path
-
-
-def story_breakage(plan: GGUFPlan) -> None:
-    """The failure story: keys under 'so8t', no context/embedding length, f64 RoPE base, no tokenizer."""
-    kvs: dict[str, KV] = {}
-    for key, kv in plan.kvs.items():
-        if key.startswith("tokenizer.") or key in ("llama.context_length", "llama.embedding_length"):
-            continue
-        if key == "llama.rope.freq_base":
-            kv = KV(kv.value, GGUFValueType.FLOAT64)
-        if key == "general.architecture":
-            kv = KV("so8t", GGUFValueType.STRING)
-        kvs[key.replace("llama.", "so8t.", 1)] = kv
-    plan.kvs = kvs
-    plan.architecture = "so8t"
 
 
 def hf_named(plan: GGUFPlan) -> None:

@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.gguf.broken import HOSTILE_U32, HOSTILE_U64, Mutation, apply_mutations
-from harness.gguf.build import build_gguf
 from harness.gguf.check import CODES, CheckReport, check_gguf
-from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec
+from harness.testing import mutation_seeds
 
 SEED_SPEC = ModelSpec(name="fuzz", n_embd=32, n_layer=1, n_head=2, n_head_kv=1, n_ff=32, context_length=64)
 TIME_LIMIT_S = 1.0
@@ -38,13 +37,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def seeds(workdir: Path) -> list[tuple[bytes, int]]:
     """(file bytes, size of the metadata part) for an F32 and a Q8_0 fixture."""
-    out = []
-    for tensor_type in ("f32", "q8_0"):
-        built = build_gguf(SEED_SPEC.replace(tensor_type=tensor_type), workdir / f"seed-{tensor_type}.gguf")
-        data_offset = read_gguf_header(built.path).data_offset
-        assert data_offset is not None
-        out.append((built.path.read_bytes(), data_offset))
-    return out
+    return mutation_seeds(SEED_SPEC, workdir)
 
 
 def _position(metadata_bias: bool) -> st.SearchStrategy[int]:

@@ -4,9 +4,7 @@ one run record labelled by host, and `harness report`'s hosts side by side."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from harness.report import build_report
 from harness.report_hosts import compare_hosts
 from harness.report_render import render_report
 from harness.runs import RunRecord, RunRecorder, load_run
+from harness.testing import run_pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "suites"
@@ -37,20 +36,9 @@ def two_engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         yield first.host, second.host
 
 
-def run_pytest(reports: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key not in ("OLLAMA_HOST", "PYTEST_ADDOPTS")}
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-rA",
-        "--run-dir",
-        str(reports),
-        *args,
-    ]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=110, check=False)
+def run_suites(reports: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    done, _ = run_pytest(reports, "-rA", *args, cwd=cwd, timeout=110)
+    return done
 
 
 def only_run(reports: Path) -> RunRecord:
@@ -69,7 +57,7 @@ def test_two_xdist_workers_on_two_hosts_write_one_run_record(
     two_engines: tuple[str, str], tmp_path: Path
 ) -> None:
     first, second = two_engines
-    done = run_pytest(
+    done = run_suites(
         tmp_path,
         str(SUITES / "test_lifecycle.py"),
         *SELECTED,
@@ -102,7 +90,7 @@ def test_two_xdist_workers_on_two_hosts_write_one_run_record(
 
 def test_without_xdist_the_hosts_run_one_after_another(two_engines: tuple[str, str], tmp_path: Path) -> None:
     first, second = two_engines
-    done = run_pytest(
+    done = run_suites(
         tmp_path,
         str(SUITES / "test_lifecycle.py"),
         *SELECTED,
@@ -136,7 +124,7 @@ def test_a_worker_that_dies_is_reported_and_the_run_is_incomplete(
             """
         )
     )
-    done = run_pytest(
+    done = run_suites(
         tmp_path / "reports", str(suite), "--ollama-host", f"{first},{second}", "-n", "2", cwd=suite
     )
     assert done.returncode == 1, explain(done)
@@ -150,7 +138,7 @@ def test_a_worker_that_dies_is_reported_and_the_run_is_incomplete(
 def test_an_unanswering_host_stops_the_run_before_any_test(
     two_engines: tuple[str, str], tmp_path: Path
 ) -> None:
-    done = run_pytest(
+    done = run_suites(
         tmp_path,
         str(SUITES / "test_lifecycle.py"),
         *SELECTED,

@@ -2,7 +2,7 @@
 
 Commands are the lines of indented code blocks and of ```sh / ```bash fences, the `$ ` lines of other fences
 (a transcript: the lines under a `$ ` line are its shown output), and code spans in prose that start with a
-command word. Each is exercised by its kind, in a copy of the checkout (test_workflows.make_workspace):
+command word. Each is exercised by its kind, in a copy of the checkout (harness.testing.make_workspace):
 
 - `harness ...`: run for real on files made here (`my-model.gguf` a valid fixture, `so8t.gguf` the tiny
   fixture with its architecture renamed, `broken.gguf` and `donor.gguf` the failure story of
@@ -30,15 +30,22 @@ from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
-from test_gguf_fix import edited, story_breakage
-from test_workflows import REPO, check_compose_file, clean_environ, make_workspace, stand_in_engine
 
 from harness.engine import EmbeddedEngine
 from harness.gguf.broken import write_broken
 from harness.gguf.build import write_gguf
 from harness.gguf.plan import plan_gguf
 from harness.gguf.spec import load_profile
+from harness.testing import (
+    check_compose_file,
+    clean_environ,
+    edited,
+    make_workspace,
+    stand_in_engine,
+    story_breakage,
+)
 
+REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SHELL_FENCES = {"sh", "bash", "shell"}
 PROMPT = "$ "
@@ -234,7 +241,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEngine]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, engine: EmbeddedEngine) -> Path:
     """A checkout with the README's files and one real run in reports/ (so reports/latest exists)."""
-    checkout = make_workspace(tmp_path_factory.mktemp("readme") / "checkout")
+    checkout = make_workspace(REPO, tmp_path_factory.mktemp("readme") / "checkout")
     write_readme_files(checkout)
     done = run_in(checkout, [".venv/bin/pytest", "suites/", "-q"], engine, REPORT_SUITES)
     assert done.returncode == 0, explain(done)
@@ -325,7 +332,7 @@ def test_script_or_pytest_command(
     script = REPO / command.argv[0]
     assert script.is_file() and os.access(script, os.X_OK), f"{command.argv[0]} is not an executable script"
     if script.name == "run-suites.sh":  # in a checkout of its own: reports/latest is this run's
-        checkout = make_workspace(tmp_path / "checkout")
+        checkout = make_workspace(REPO, tmp_path / "checkout")
         write_readme_files(checkout)
         done = run_in(checkout, argv, engine, NARROW_SUITES)
         assert done.returncode == 0, explain(done)

@@ -2,30 +2,26 @@
 nightly job's own `run:` steps run here, with bash as the runner runs them, on the embedded engine instead of
 the Ollama service container: a renamed option, script or run folder breaks this test, not the nightly job.
 
-The helpers `make_workspace`, `stand_in_engine` and `check_compose_file` are shared with tests/test_readme.py.
+The helpers `make_workspace`, `stand_in_engine` and `check_compose_file` live in harness/testing.py (shared
+with tests/test_readme.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import ollama
 import pytest
 import yaml
 
 from harness.engine import EmbeddedEngine
-from harness.gguf.build import build_cached
-from harness.gguf.spec import load_profile
 from harness.runs import load_run
+from harness.testing import check_compose_file, clean_environ, make_workspace, stand_in_engine
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
@@ -43,62 +39,11 @@ RUNNER_ONLY = re.compile(r"\bsudo\b|/api/pull\b")
 GITHUB_BASH = ("bash", "--noprofile", "--norc", "-eo", "pipefail")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 CONTEXT_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)+")
-WORKSPACE_IGNORE = shutil.ignore_patterns(
-    ".git",
-    ".venv",
-    "reports",
-    ".*cache",
-    ".hypothesis",
-    "__pycache__",
-    "*.egg-info",
-    "*.gguf",
-    "build",
-    "dist",
-)
 
 
 def load_yaml(path: Path) -> Any:
     with path.open(encoding="utf-8") as file:
         return yaml.safe_load(file)
-
-
-# ------------------------------------------------------------------------------------ shared helpers
-
-
-def make_workspace(dest: Path) -> Path:
-    """A copy of this checkout at `dest`, as a CI job sees it after `scripts/setup-venv.sh`: the project's
-    files, and a `.venv` made of links to the running virtual environment with a current install stamp, so
-    that setup-venv.sh finds it ready and installs nothing (and never into the real venv)."""
-    shutil.copytree(REPO, dest, ignore=WORKSPACE_IGNORE, symlinks=True)
-    venv = dest / ".venv"
-    venv.mkdir()
-    for name in ("bin", "lib", "lib64", "include", "pyvenv.cfg"):
-        if (Path(sys.prefix) / name).exists():
-            (venv / name).symlink_to(Path(sys.prefix) / name)
-    os.utime(dest / "pyproject.toml", (0, 0))
-    (venv / ".harness-installed").touch()
-    return dest
-
-
-@contextmanager
-def stand_in_engine(models_dir: Path, model_names: list[str]) -> Iterator[EmbeddedEngine]:
-    """An embedded engine serving the oracle fixture under each of `model_names` (the stand-in for a
-    model pulled from the Ollama registry)."""
-    with EmbeddedEngine(
-        models_dir, env={"HARNESS_NUM_THREAD": "1"}, log_path=models_dir / "engine.log"
-    ) as engine:
-        client = ollama.Client(host=engine.url, timeout=60)
-        digest = client.create_blob(build_cached(load_profile("oracle")).path)
-        for name in model_names:
-            client.create(model=name, files={"model.gguf": digest})
-        yield engine
-
-
-def clean_environ(**overrides: str) -> dict[str, str]:
-    """This process's environment without the settings a test run or a CI job would leak into a child."""
-    dropped = ("OLLAMA_HOST", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "GITHUB_")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
-    return {**env, **overrides}
 
 
 def run_linter(*command: str) -> subprocess.CompletedProcess[str]:
@@ -109,14 +54,6 @@ def run_linter(*command: str) -> subprocess.CompletedProcess[str]:
 
 def venv_tool(name: str) -> str:
     return str(Path(sys.prefix) / "bin" / name)
-
-
-def check_compose_file(path: Path = COMPOSE) -> dict[str, Any]:
-    """Validate a compose file against the compose-spec schema (shipped by check-jsonschema) and return it."""
-    done = run_linter(venv_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path))
-    assert done.returncode == 0, f"{path.name} is not a valid compose file:\n{done.stdout}{done.stderr}"
-    compose: dict[str, Any] = load_yaml(path)
-    return compose
 
 
 def published_ports(ports: list[Any]) -> dict[int, int]:
@@ -178,7 +115,7 @@ def test_workflows_pass_actionlint() -> None:
 
 
 def test_compose_file_is_valid_and_serves_the_nightly_image_on_the_ollama_port() -> None:
-    service = check_compose_file()["services"]["ollama"]
+    service = check_compose_file(COMPOSE)["services"]["ollama"]
     name, tag = image_tag(service["image"])
     assert name == OLLAMA_IMAGE
     assert tag == str(nightly()["env"]["OLLAMA_VERSION"]), (
@@ -362,7 +299,7 @@ def nightly_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedde
 
 @pytest.mark.timeout(600)
 def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine: EmbeddedEngine) -> None:
-    workspace = make_workspace(tmp_path / "checkout")
+    workspace = make_workspace(REPO, tmp_path / "checkout")
     quality_model = str(nightly()["env"]["QUALITY_MODEL"])
 
     # Night 1: one lifecycle test per suite run; everything passes, no baseline yet.

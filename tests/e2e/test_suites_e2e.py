@@ -27,6 +27,7 @@ from harness.gguf.broken import write_broken
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
 from harness.runs import RunRecord, load_run
+from harness.testing import run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = REPO / "suites"
@@ -36,24 +37,7 @@ def run_suites(
     reports: Path, *args: str, timeout: float = 300, cwd: Path = REPO
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run pytest on the suites in a subprocess; returns the finished process and its wall time."""
-    env = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
-    env.pop("PYTEST_ADDOPTS", None)
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-rA",
-        "--run-dir",
-        str(reports),
-        *args,
-    ]
-    started = time.monotonic()
-    done = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    return done, time.monotonic() - started
+    return run_pytest(reports, "-rA", *args, cwd=cwd, timeout=timeout)
 
 
 def only_run(reports: Path) -> RunRecord:

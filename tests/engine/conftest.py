@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import ollama
 import pytest
 
@@ -13,20 +12,10 @@ from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel, build_cached, write_gguf
 from harness.gguf.plan import plan_gguf
 from harness.gguf.spec import load_profile
+from harness.testing import one_thread_engine
 
 ORACLE_PROMPT = "hello the"
 ORACLE_REPLY = " is two one."
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf() -> BuiltModel:
-    return build_cached(load_profile("tiny"))
-
-
-@pytest.fixture(scope="session")
-def long_gguf() -> BuiltModel:
-    """The tiny model with a 4096-token context: long generations for concurrency tests."""
-    return build_cached(load_profile("tiny").replace(name="tiny-long", context_length=4096))
 
 
 @pytest.fixture(scope="session")
@@ -47,21 +36,13 @@ def no_context_length_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_engine(
     tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
 ) -> EmbeddedEngine:
-    """An engine on its own models folder. Runners use one thread: on a busy 2-core machine llama.cpp's
-    spinning worker threads slow tiny models down by orders of magnitude."""
-    models = tmp_path_factory.mktemp("models")
-    env = {"HARNESS_NUM_THREAD": "1", **(env or {})}
-    return EmbeddedEngine(models, env=env, log_path=models / "engine.log")
+    """A one-thread engine (harness.testing.one_thread_engine) on its own models folder."""
+    return one_thread_engine(tmp_path_factory.mktemp("models"), env)
 
 
 def create_from_gguf(client: ollama.Client, name: str, path: Path, **fields: object) -> None:
     digest = client.create_blob(path)
     client.create(model=name, files={"model.gguf": digest}, **fields)  # type: ignore[arg-type]
-
-
-def runner_pids(engine: EmbeddedEngine) -> dict[str, int]:
-    runners = httpx.get(f"{engine.url}/harness/runners", timeout=5).json()["runners"]
-    return {runner["model"]: runner["pid"] for runner in runners}
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import pytest
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.memory import estimate_model_memory
+from harness.testing import runner_pids
 
-from .conftest import ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf, runner_pids
+from .conftest import ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import httpx
 import ollama
-import psutil
 import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
+from harness.testing import alive, runner_pids, wait_until
 
-from .conftest import create_from_gguf, make_engine, runner_pids
+from .conftest import create_from_gguf, make_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,23 +43,6 @@ def stream_times(
         results[key] = stamps
     except ollama.ResponseError as error:
         results[key] = error
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie waiting to be reaped."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(condition: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -7,53 +7,22 @@ import contextlib
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
 from harness.client import OllamaClient
 from harness.engine import EmbeddedEngine
-from harness.gguf.build import BuiltModel, build_cached
-from harness.gguf.spec import load_profile
+from harness.gguf.build import BuiltModel
+from harness.testing import one_thread_engine
 
 GEN = {"temperature": 0, "top_k": 1, "seed": 1}
 
 
 def start_engine(models_dir: Path, env: dict[str, str] | None = None) -> EmbeddedEngine:
-    """A started engine on `models_dir`. Runners use one thread: on a busy 2-core machine llama.cpp's
-    spinning worker threads slow tiny models down by orders of magnitude."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    engine = EmbeddedEngine(
-        models_dir, env={"HARNESS_NUM_THREAD": "1", **(env or {})}, log_path=models_dir / "engine.log"
-    )
-    return engine.start()
-
-
-def runner_pids(engine: EmbeddedEngine) -> dict[str, int]:
-    """model name -> runner pid, from the engine's debug endpoint GET /harness/runners."""
-    runners = httpx.get(f"{engine.url}/harness/runners", timeout=5).json()["runners"]
-    return {runner["model"]: runner["pid"] for runner in runners}
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    """A started one-thread engine (harness.testing.one_thread_engine) on `models_dir`."""
+    return one_thread_engine(models_dir, env).start()
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -65,17 +34,6 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
             stat = path.lstat()
             snapshot[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
     return snapshot
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf() -> BuiltModel:
-    return build_cached(load_profile("tiny"))
-
-
-@pytest.fixture(scope="session")
-def long_gguf() -> BuiltModel:
-    """The tiny model with a 4096-token context: generations long enough to be interrupted."""
-    return build_cached(load_profile("tiny").replace(name="tiny-long", context_length=4096))
 
 
 @pytest.fixture(scope="module")

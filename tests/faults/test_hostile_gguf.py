@@ -44,13 +44,13 @@ from harness.gguf.broken import (
     apply_mutations,
     write_broken,
 )
-from harness.gguf.build import build_gguf
 from harness.gguf.check import check_gguf
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec
 from harness.llamacpp import trial_load
+from harness.testing import alive, mutation_seeds, runner_pids
 
-from .conftest import GEN, alive, runner_pids, start_engine
+from .conftest import GEN, start_engine
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -121,13 +121,7 @@ def probe(workdir: Path) -> Iterator[CreateProbe]:
 @pytest.fixture(scope="module")
 def seeds(workdir: Path) -> list[tuple[bytes, int]]:
     """(file bytes, size of the metadata part) of an F32 and a Q8_0 fixture."""
-    out = []
-    for tensor_type in ("f32", "q8_0"):
-        built = build_gguf(SEED_SPEC.replace(tensor_type=tensor_type), workdir / f"seed-{tensor_type}.gguf")
-        data_offset = read_gguf_header(built.path).data_offset
-        assert data_offset is not None
-        out.append((built.path.read_bytes(), data_offset))
-    return out
+    return mutation_seeds(SEED_SPEC, workdir)
 
 
 def _mutations() -> st.SearchStrategy[list[Mutation]]:

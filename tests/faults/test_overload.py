@@ -17,8 +17,9 @@ from harness.client import OllamaClient
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.load import OUTCOMES, LoadResult, run_closed_loop
+from harness.testing import runner_pids
 
-from .conftest import GEN, runner_pids, start_engine
+from .conftest import GEN, start_engine
 
 pytestmark = pytest.mark.timeout(120)
 

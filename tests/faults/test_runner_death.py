@@ -20,8 +20,9 @@ from harness.client import OllamaClient, OllamaRequestError
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.load import run_closed_loop
+from harness.testing import alive, runner_pids, wait_until
 
-from .conftest import GEN, alive, runner_pids, start_engine, wait_until
+from .conftest import GEN, start_engine
 
 pytestmark = pytest.mark.timeout(90)
 

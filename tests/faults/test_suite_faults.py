@@ -27,8 +27,9 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.runs import RunRecord, load_run
+from harness.testing import wait_until
 
-from .conftest import start_engine, wait_until
+from .conftest import start_engine
 
 pytestmark = pytest.mark.timeout(180)
 
