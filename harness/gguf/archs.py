@@ -256,10 +256,15 @@ N_ROT_CHECK = Consistency(
 )
 
 
-LLAMA_TENSORS: tuple[TensorRule, ...] = (
+# The embedding, final norm and (optional: tied to token_embd when absent) output of every decoder here.
+_IO_TENSORS: tuple[TensorRule, ...] = (
     TensorRule("token_embd.weight", ("n_embd", "n_vocab")),
     TensorRule("output_norm.weight", ("n_embd",)),
-    TensorRule("output.weight", ("n_embd", "n_vocab"), required=False),  # tied to token_embd when absent
+    TensorRule("output.weight", ("n_embd", "n_vocab"), required=False),
+)
+
+LLAMA_TENSORS: tuple[TensorRule, ...] = (
+    *_IO_TENSORS,
     TensorRule("rope_freqs.weight", ("n_rot // 2",), required=False),
     TensorRule("blk.{i}.attn_norm.weight", ("n_embd",)),
     TensorRule("blk.{i}.attn_q.weight", ("n_embd", "n_embd_q"), unless="blk.{i}.attn_qkv.weight"),
@@ -287,9 +292,7 @@ LLAMA_TENSORS: tuple[TensorRule, ...] = (
 )
 
 QWEN2_TENSORS: tuple[TensorRule, ...] = (
-    TensorRule("token_embd.weight", ("n_embd", "n_vocab")),
-    TensorRule("output_norm.weight", ("n_embd",)),
-    TensorRule("output.weight", ("n_embd", "n_vocab"), required=False),
+    *_IO_TENSORS,
     TensorRule("blk.{i}.attn_norm.weight", ("n_embd",)),
     TensorRule("blk.{i}.attn_q.weight", ("n_embd", "n_embd_q")),
     TensorRule("blk.{i}.attn_k.weight", ("n_embd", "n_embd_k_gqa")),
@@ -305,9 +308,7 @@ QWEN2_TENSORS: tuple[TensorRule, ...] = (
 )
 
 GEMMA3_TENSORS: tuple[TensorRule, ...] = (
-    TensorRule("token_embd.weight", ("n_embd", "n_vocab")),
-    TensorRule("output_norm.weight", ("n_embd",)),
-    TensorRule("output.weight", ("n_embd", "n_vocab"), required=False),
+    *_IO_TENSORS,
     TensorRule("blk.{i}.attn_norm.weight", ("n_embd",)),
     TensorRule("blk.{i}.attn_q.weight", ("n_embd", "n_embd_q")),
     TensorRule("blk.{i}.attn_k.weight", ("n_embd", "n_embd_k_gqa")),

@@ -383,39 +383,30 @@ class _Parser:
         header.kv_count = src.u64("the key/value count")
         # A count that cannot fit in the file AND is beyond any real model is a corrupt header; a plausible
         # count that does not fit is a file cut short, which the section readers report where it happens.
-        fits_kv = src.remaining // _MIN_KV_BYTES
-        if header.kv_count > max(fits_kv, self.limits.max_kvs):
+        self._check_count("key/value pairs", header.kv_count, _MIN_KV_BYTES, self.limits.max_kvs, 16)
+        self._check_count("tensors", header.tensor_count, _MIN_TENSOR_INFO_BYTES, self.limits.max_tensors, 8)
+
+    def _check_count(self, what: str, count: int, min_bytes: int, limit: int, offset: int) -> None:
+        """Stop on a header count that cannot be real.
+
+        A count that cannot fit in the file AND is beyond any real model is a corrupt header; a plausible
+        count that does not fit is a file cut short, which the section readers report where it happens.
+        """
+        fits = self.src.remaining // min_bytes
+        if count > max(fits, limit):
             raise _stop(
                 "bad-counts",
-                f"the header declares {header.kv_count:,} key/value pairs, but the {src.remaining:,} bytes "
-                f"after the header can hold at most {fits_kv:,}",
+                f"the header declares {count:,} {what}, but the {self.src.remaining:,} bytes after the "
+                f"header can hold at most {fits:,}",
                 "the header is corrupt: fetch or convert the file again",
-                offset=16,
+                offset=offset,
             )
-        if header.kv_count > self.limits.max_kvs:
+        if count > limit:
             raise _stop(
                 "value-too-large",
-                f"the header declares {header.kv_count:,} key/value pairs; the checker reads at most "
-                f"{self.limits.max_kvs:,}",
-                "no real model has this many keys: the file is probably corrupt",
-                offset=16,
-            )
-        fits_tensors = src.remaining // _MIN_TENSOR_INFO_BYTES
-        if header.tensor_count > max(fits_tensors, self.limits.max_tensors):
-            raise _stop(
-                "bad-counts",
-                f"the header declares {header.tensor_count:,} tensors, but the {src.remaining:,} bytes after "
-                f"the header can hold at most {fits_tensors:,} tensor infos",
-                "the header is corrupt: fetch or convert the file again",
-                offset=8,
-            )
-        if header.tensor_count > self.limits.max_tensors:
-            raise _stop(
-                "value-too-large",
-                f"the header declares {header.tensor_count:,} tensors; the checker reads at most "
-                f"{self.limits.max_tensors:,}",
-                "no real model has this many tensors: the file is probably corrupt",
-                offset=8,
+                f"the header declares {count:,} {what}; the checker reads at most {limit:,}",
+                f"no real model has this many {what}: the file is probably corrupt",
+                offset=offset,
             )
 
     def _read_kvs(self) -> None:
