@@ -179,14 +179,20 @@ def test_runner_processes_finds_the_servers_child(
     assert runner_processes(child_pid) == []
 
 
+# Blocks are anonymous mmaps, not bytearrays: malloc's dynamic mmap threshold would move a freed 4 MiB block
+# onto the heap and keep it there some runs and not others, which made the steady case grow by one block.
 _WORKER = """
-import sys
+import mmap, sys
 kept = []
 for line in sys.stdin:
-    block = bytearray(4 * 1024 * 1024)
-    block[::4096] = b"x" * len(block[::4096])
+    block = mmap.mmap(-1, 4 * 1024 * 1024, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 120
     if line.strip() == "leak":
         kept.append(block)
+    else:
+        block.close()
+    del block
     print("done", flush=True)
 """
 
