@@ -37,10 +37,13 @@ def _trial_load(path: Path) -> LoadResult:
     return result
 
 
+HANG_GUARD_S = 10.0  # a check of these small files that takes longer is stuck (not a speed check)
+
+
 def _check(path: Path, *, deep: bool = False) -> CheckReport:
     start = time.perf_counter()
     report = check_gguf(path, deep=deep)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_GUARD_S, "the check hung"
     return report
 
 
@@ -63,11 +66,19 @@ def test_every_profile_and_type_is_clean(profile: str, tensor_type: str, tmp_pat
 
 def test_checking_reads_only_the_header(tmp_path: Path) -> None:
     built = build_gguf(load_profile("so8t-lite"), tmp_path / "lite.gguf")
-    start = time.perf_counter()
+    before = _bytes_read_by_this_process()
     report = check_gguf(built.path)
-    elapsed = time.perf_counter() - start
+    read = _bytes_read_by_this_process() - before
     assert report.ok and report.tensor_count == 2 + 1 + 9 * 4
-    assert elapsed < 0.2, f"header check took {elapsed:.3f}s for {built.size:,} bytes"
+    assert read <= 2 << 20 and read * 10 < built.size, f"a header check read {read:,} of {built.size:,} bytes"
+
+
+def _bytes_read_by_this_process() -> int:
+    """Bytes this process has read through read(2) and friends so far (Linux /proc/self/io `rchar`)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("/proc/self/io has no rchar line")
 
 
 # ------------------------------------------------------------------------------------ failure classes

@@ -25,6 +25,7 @@ from harness.load import (
 )
 
 TRANSPORTS: list[Transport] = ["ollama", "httpx"]
+LATE_S = 1.5  # how late past its limit a timeout may fire on a busy 2-core machine
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -123,7 +124,7 @@ def test_a_stalled_stream_ends_as_timeout_within_the_bound(
     for sample in result.samples:
         assert sample.outcome == "timeout"
         assert "no next token for 0.3 s" in (sample.error or "")
-        assert stall <= sample.e2e_s < stall + 0.5
+        assert stall <= sample.e2e_s < stall + LATE_S
         assert sample.output_tokens == 2 and sample.ttft_s is not None
 
 
@@ -134,14 +135,14 @@ def test_no_first_token_and_a_total_deadline_are_timeouts_too(server: CannedServ
     )  # fmt: skip
     (sample,) = first.samples
     assert sample.outcome == "timeout" and "no first token" in (sample.error or "")
-    assert sample.ttft_s is None and 0.25 <= sample.e2e_s < 0.75
+    assert sample.ttft_s is None and 0.25 <= sample.e2e_s < 0.25 + LATE_S
     total = run_closed_loop(
         server.host, "m", concurrency=1, requests=1, timeout_s=0.4, stall_timeout_s=None,
         options={"canned_chunks": 50, "canned_chunk_delay_s": 0.05},
     )  # fmt: skip
     (sample,) = total.samples
     assert sample.outcome == "timeout" and "longer than 0.4 s" in (sample.error or "")
-    assert 0.4 <= sample.e2e_s < 0.9 and sample.output_tokens > 0
+    assert 0.4 <= sample.e2e_s < 0.4 + LATE_S and sample.output_tokens > 0  # all 50 chunks: 2.5 s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

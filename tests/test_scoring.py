@@ -237,5 +237,5 @@ def test_grading_a_long_hostile_response_is_fast() -> None:
     response = ("((((1+2*3^4/5-" * 2000) + "\nAnswer: " + "(" * 3000
     start = time.perf_counter()
     result = grade(numeric("7"), response)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # a guard against catastrophic backtracking
     assert result.score_strict == 0.0
