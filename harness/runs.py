@@ -5,7 +5,9 @@ A run folder `reports/<run-id>/` holds:
 - `run.json`: what ran, where and on what (schema version, run id, times, status, harness version and commit,
   options, server, machine, models). Rewritten atomically (temp file + `os.replace`) on every update.
 - `results.jsonl`: one result record per line, each with a `kind` ("test", "prompt", "suite", "load",
-  "memory"), appended and fsynced line by line, so the results written before a crash survive it.
+  "memory"), appended and flushed line by line, so the results written before a crash of the process survive
+  it; fsynced at most once a second and at the end (`FSYNC_INTERVAL_S`), so a machine crash loses at most the
+  last second, and a run of many small records does not wait on the disk for each.
 
 `reports/latest` is a symlink to the newest run, replaced atomically, and only ever pointing at a folder whose
 `run.json` exists. Writing goes through `RunRecorder`; reading through `load_run` and `list_runs`::
@@ -31,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ RESULTS_FILE = "results.jsonl"
 LATEST_LINK = "latest"
 RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests")  # requests: harness.server_time
 RUN_STATUSES = ("running", "complete", "incomplete")
+FSYNC_INTERVAL_S = 1.0  # results.jsonl reaches the disk at least this often (and at the end)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -195,6 +199,7 @@ class RunRecorder:
         self.meta = meta
         self._lock = threading.Lock()
         self._results = open(path / RESULTS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (closed in finish)
+        self._synced_at = time.monotonic()
 
     @property
     def run_id(self) -> str:
@@ -276,7 +281,8 @@ class RunRecorder:
             )
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Append one result record (with a "kind") to results.jsonl; it is on disk when this returns."""
+        """Append one result record (with a "kind") to results.jsonl. When this returns the line is in the
+        file (a crash of this process keeps it); it reaches the disk within `FSYNC_INTERVAL_S`."""
         kind = record.get("kind")
         if kind not in RESULT_KINDS:
             raise ValueError(f"a result record needs a kind among {RESULT_KINDS}, got {kind!r}")
@@ -285,7 +291,9 @@ class RunRecorder:
             self._check_open()
             self._results.write(line + "\n")
             self._results.flush()
-            os.fsync(self._results.fileno())
+            if time.monotonic() - self._synced_at >= FSYNC_INTERVAL_S:
+                os.fsync(self._results.fileno())
+                self._synced_at = time.monotonic()
 
     def update(self, meta_changes: Mapping[str, Any]) -> None:
         """Change top-level run.json fields (a given field replaces the stored one) and rewrite it."""
@@ -305,6 +313,8 @@ class RunRecorder:
             reason = "the run stopped before it finished"
         with self._lock:
             self._check_open()
+            self._results.flush()
+            os.fsync(self._results.fileno())
             self._results.close()
             self.meta.update(
                 status=status,
