@@ -149,14 +149,16 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
     if request_timeout <= 0:
         raise HarnessError(f"--request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120")
     engine_models_dir = get("engine_models_dir")
-    from harness.matrix import parse_matrix
-
     if model and get("harness_matrix"):
         raise HarnessError(
             "--matrix with --model: an existing model has one tensor type",
             "use --matrix with a fixture profile or with --gguf (an F16/F32 file the server can quantize)",
         )
-    matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
+    matrix: tuple[str, ...] = ()
+    if get("harness_matrix") is not None:
+        from harness.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
+
+        matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
     from harness.hosts import parse_hosts
 
     hosts = parse_hosts(get("ollama_host"))

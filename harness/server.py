@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,9 +156,11 @@ def reach_server(
     probe_timeout: float = 2.0,
     embedded: bool = False,
     engine_log: Path | None = None,
+    while_starting: Callable[[], object] | None = None,
 ) -> Iterator[Server]:
     """Yield the server to test: the one answering at `request`, or an embedded engine started for the block
-    (always, with `embedded=True`), its log written to `engine_log` when given.
+    (always, with `embedded=True`), its log written to `engine_log` when given. `while_starting` is called
+    while the engine's process starts (work to overlap with it); not at all for an existing server.
 
     Raises `ServerError` when a host the user named does not answer, or when the embedded engine cannot start.
     """
@@ -188,7 +190,8 @@ def reach_server(
     with ExitStack() as stack:
         try:
             engine = EmbeddedEngine(models_dir=models_dir, env=dict(engine_env or {}), log_path=engine_log)
-            started = stack.enter_context(engine)
+            started = engine.start(while_starting)
+            stack.push(engine)
         except OSError as error:
             raise ServerError(
                 f"the embedded engine could not start: {error}",

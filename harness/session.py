@@ -9,19 +9,22 @@ stopped, and the run is marked complete or incomplete with the reason.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import tempfile
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.client import OllamaClient
 from harness.errors import HarnessError, ServerError
 from harness.hosts import HostRecorder
-from harness.models_under_test import ModelUnderTest, check_user_gguf
 from harness.runs import RunRecorder
 from harness.server import Server, reach_server, requested_host
 from harness.suite_options import SuiteOptions
+
+if TYPE_CHECKING:
+    from harness.client import OllamaClient
+    from harness.models_under_test import ModelUnderTest
 
 # The embedded engine's scheduler settings for the suites: two parallel slots and a short queue, so that the
 # load suite can fill both and then overflow the queue (503) within seconds on a CPU.
@@ -33,6 +36,16 @@ EMBEDDED_ENGINE_ENV = {
     "OLLAMA_MAX_QUEUE": str(EMBEDDED_MAX_QUEUE),
     "OLLAMA_KEEP_ALIVE": "5m",
 }
+
+
+SESSION_MODULES = ("harness.client", "harness.models_under_test")
+
+
+def import_session_modules() -> None:
+    """Import what the session needs next (the Ollama client, the GGUF builder: about half a second of a
+    2-core machine), so that it happens while the embedded engine starts in its own process."""
+    for module in SESSION_MODULES:
+        importlib.import_module(module)
 
 
 class HarnessSession:
@@ -68,6 +81,8 @@ class HarnessSession:
         session = cls(options, recorder)
         try:
             if options.gguf is not None:
+                from harness.models_under_test import check_user_gguf
+
                 report = check_user_gguf(options.gguf)
                 recorder.update({"gguf_check": report.summary_line()})
             session._connect()
@@ -92,8 +107,11 @@ class HarnessSession:
                 engine_env=EMBEDDED_ENGINE_ENV,
                 embedded=self.options.embedded,
                 engine_log=self.recorder.path / ENGINE_LOG,
+                while_starting=import_session_modules,
             )
         )
+        from harness.client import OllamaClient
+
         self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)
         self.server_version = self.client.version()
         self.recorder.update(

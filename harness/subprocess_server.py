@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TypeVar
 
@@ -59,10 +60,13 @@ class SubprocessServer:
         return "run it by hand to see its error"
 
     # --- lifecycle ---
-    def start(self: _Server) -> _Server:
-        """Launch the child and wait until it answers; on failure stop it and raise ServerError."""
+    def start(self: _Server, while_starting: Callable[[], object] | None = None) -> _Server:
+        """Launch the child and wait until it answers; on failure stop it and raise ServerError.
+        `while_starting` is called between the two: work that can overlap the child's start."""
         self.process = self._launch()
         try:
+            if while_starting is not None:
+                while_starting()
             self._wait_ready()
         except BaseException:
             self.stop()

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import psutil
 import pytest
 from pytest_httpserver import HTTPServer
 
@@ -65,7 +66,11 @@ def test_an_answering_server_is_used_as_it_is(httpserver: HTTPServer, tmp_path: 
     httpserver.expect_request("/").respond_with_data("Ollama is running")
     httpserver.expect_request("/api/version").respond_with_json({"version": "0.33.0-rc2"})
     url = httpserver.url_for("").rstrip("/")
-    with reach_server(HostRequest(url, url, None), models_dir=tmp_path) as server:
+    started: list[str] = []
+    with reach_server(
+        HostRequest(url, url, None), models_dir=tmp_path, while_starting=lambda: started.append("engine")
+    ) as server:
+        assert started == []  # nothing to overlap: no engine starts
         assert server.kind == "ollama"
         assert server.host == f"{httpserver.host}:{httpserver.port}"
         assert server.pid == os.getpid()  # the test server listens in this process
@@ -84,7 +89,17 @@ def test_find_listening_pid_ignores_remote_hosts() -> None:
 @pytest.mark.timeout(60)
 def test_nothing_answering_and_no_host_named_starts_the_embedded_engine(tmp_path: Path) -> None:
     url = _closed_port_url()
-    with reach_server(HostRequest(url, url, None), models_dir=tmp_path / "models") as server:
+    engines_while_starting: list[list[int]] = []
+
+    def while_starting() -> None:  # the engine's process exists, and runs the engine's module
+        engines_while_starting.append(
+            [c.pid for c in psutil.Process().children() if "harness.engine.commands" in c.cmdline()]
+        )
+
+    with reach_server(
+        HostRequest(url, url, None), models_dir=tmp_path / "models", while_starting=while_starting
+    ) as server:
+        assert engines_while_starting == [[server.pid]]
         assert server.kind == "embedded"
         assert server.url != url
         assert server.why_down() is None
