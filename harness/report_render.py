@@ -25,6 +25,7 @@ from harness.report import (
 )
 from harness.report_hosts import compare_hosts, hosts_table, hosts_to_json
 from harness.runs import RunRecord
+from harness.server_time import server_seconds
 
 FORMATS = ("text", "markdown", "json")
 _TABLE_FORMATS = {"text": "simple", "markdown": "github"}
@@ -96,6 +97,30 @@ def _when(started: Any, finished: Any) -> str:
         return f"{text}, not finished"
 
 
+def time_split(run: RunRecord) -> dict[str, float] | None:
+    """How the session's time divides between the server (its own durations: harness.server_time) and the
+    harness, in seconds; None when the run has no request records (an older run, or one spread over xdist
+    workers) or no finish time."""
+    if not run.of_kind("requests"):
+        return None
+    try:
+        started = dt.datetime.fromisoformat(str(run.meta.get("started_at")))
+        session_s = (dt.datetime.fromisoformat(str(run.meta.get("finished_at"))) - started).total_seconds()
+    except ValueError:
+        return None
+    seconds = server_seconds([*run.of_kind("requests"), *run.of_kind("load")])
+    server_s = min(seconds["busy_s"] + seconds["load_s"], session_s)
+    return {"session_s": session_s, "server_s": server_s, "harness_s": session_s - server_s}
+
+
+def _time_text(split: dict[str, float]) -> str:
+    share = split["harness_s"] / split["session_s"] * 100 if split["session_s"] > 0 else 0.0
+    return (
+        f"{split['server_s']:.1f} s inside the server (its own durations), {split['harness_s']:.1f} s in the "
+        f"harness ({share:.0f} % of the session)"
+    )
+
+
 def header_rows(run: RunRecord) -> list[tuple[str, str]]:
     """When, where, on what and with which harness the run ran."""
     meta = run.meta
@@ -118,6 +143,9 @@ def header_rows(run: RunRecord) -> list[tuple[str, str]]:
         ),
         ("harness", f"{harness.get('version', '-')} at commit {(harness.get('commit') or 'unknown')[:12]}"),
     ]
+    split = time_split(run)
+    if split is not None:
+        rows.insert(2, ("time", _time_text(split)))
     for model in models:
         details = ", ".join(f"{key} {model[key]}" for key in ("profile", "tensor_type") if model.get(key))
         digest = str(model.get("digest") or "no digest")
@@ -374,6 +402,7 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
                 k: run.meta.get(k)
                 for k in ("started_at", "finished_at", "harness", "server", "machine", "models", "options")
             },
+            "time": time_split(run),
         },
         "warnings": report.warnings,
         "exit_status": report.exit_status,

@@ -574,3 +574,29 @@ def test_a_failed_test_fails_the_report(tmp_path, capsys):
         )
     status, out, _ = report(capsys, str(recorder.path), "--format", "json")
     assert status == 1 and json.loads(out)["failures"] == [f"api failed on {MODEL['name']}"]
+
+
+def test_report_splits_the_session_time_between_server_and_harness(tmp_path, capsys):
+    """From the session client's request records (the server's own durations) and the load samples."""
+    recorder = RunRecorder.create(tmp_path, {"server": SERVER, "models": [MODEL]})
+    recorder.append({"kind": "requests", "model": MODEL["name"], "requests": 30, "busy_s": 5.0})
+    recorder.append({"kind": "requests", "model": None, "requests": 4, "busy_s": 0.5})
+    samples = [{"started_at": 100.0, "e2e_s": 1.0}, {"started_at": 100.5, "e2e_s": 1.0}]  # overlap: 1.5 s
+    recorder.append({"kind": "load", "model": MODEL["name"], "scenario": "closed-c2", "samples": samples})
+    recorder.finish()
+    meta = json.loads((recorder.path / RUN_FILE).read_text())
+    meta.update(started_at="2026-11-26T01:00:00+00:00", finished_at="2026-11-26T01:00:10+00:00")
+    (recorder.path / RUN_FILE).write_text(json.dumps(meta))
+
+    _, out, _ = report(capsys, str(recorder.path))
+    split = "7.0 s inside the server (its own durations), 3.0 s in the harness (30 % of the session)"
+    assert f"time     {split}" in out
+    _, out, _ = report(capsys, str(recorder.path), "--format", "json")
+    assert json.loads(out)["run"]["time"] == {"session_s": 10.0, "server_s": 7.0, "harness_s": 3.0}
+
+
+def test_report_of_a_run_without_request_records_has_no_time_split(three_runs, capsys):
+    _, out, _ = report(capsys, str(three_runs["baseline"]))
+    assert "inside the server" not in out
+    _, out, _ = report(capsys, str(three_runs["baseline"]), "--format", "json")
+    assert json.loads(out)["run"]["time"] is None
