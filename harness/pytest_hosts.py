@@ -33,13 +33,16 @@ from harness.pytest_plugin import (
     HarnessPlugin,
     _short_message,
     _suite_of,
+    log_server_time,
     options_from_pytest,
+    write_server_time,
 )
 from harness.runs import RunRecorder
 from harness.server import normalize_url, probe
 from harness.suite_options import SuiteOptions
 
 if TYPE_CHECKING:
+    from harness.server_time import ServerTimeLog
     from harness.session import HarnessSession
 
 HOST_PROPERTY = "harness_host"
@@ -78,6 +81,7 @@ class ScaleOutPlugin(HarnessPlugin):
         self.recorder: RunRecorder | None = None
         self.sink: LocalSink | WorkerSink | None = None
         self.sessions: dict[str | None, HarnessSession] = {}
+        self.server_times: dict[str | None, ServerTimeLog] = {}
         self.lost_workers: list[str] = []
         self._lock = threading.Lock()
 
@@ -129,6 +133,7 @@ class ScaleOutPlugin(HarnessPlugin):
                 options = dataclasses.replace(self.options, host=host or self.options.host)
                 session = HarnessSession.start(options, recorder=recorder)
                 self.sessions[host] = session
+                self.server_times[host] = log_server_time(session)
                 if self.harness is None:
                     self.harness = session
             return self.sessions[host]
@@ -274,7 +279,8 @@ class ScaleOutPlugin(HarnessPlugin):
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self._restore_sigterm()
         reasons: list[str] = []
-        for host_session in self.sessions.values():
+        for host, host_session in self.sessions.items():
+            write_server_time(host_session, self.server_times[host])
             reason = host_session.server_down or self.interrupted
             host_session.finish(status="incomplete" if reason else "complete", reason=reason)
         if isinstance(self.sink, WorkerSink):

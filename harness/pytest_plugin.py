@@ -183,6 +183,21 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
     )
 
 
+def log_server_time(session: HarnessSession) -> ServerTimeLog:
+    """Log the time every request of the session's client spends inside the server (harness.server_time)."""
+    log = ServerTimeLog()
+    if session.client is not None:
+        session.client.on_completion = log.add
+        session.client.on_request = log.add_request
+    return log
+
+
+def write_server_time(session: HarnessSession, log: ServerTimeLog) -> None:
+    """Write the session's "requests" records (one per model) into its run record."""
+    for record in log.records():
+        session.record(record)
+
+
 def activate(config: pytest.Config) -> None:
     """Turn the harness on for this pytest run (called by suites/conftest.py from `pytest_configure`)."""
     if not config.pluginmanager.has_plugin(_PLUGIN_NAME):
@@ -232,10 +247,7 @@ class HarnessPlugin:
             options = options_from_pytest(self.config)
             self.harness = HarnessSession.start(options, suites=[str(arg) for arg in self.config.args])
             self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
-            self.server_time = ServerTimeLog()
-            if self.harness.client is not None:
-                self.harness.client.on_completion = self.server_time.add
-                self.harness.client.on_request = self.server_time.add_request
+            self.server_time = log_server_time(self.harness)
             if options.matrix:
                 from harness.matrix import matrix_meta
 
@@ -405,8 +417,7 @@ class HarnessPlugin:
         if harness is None:
             return
         if self.server_time is not None:
-            for record in self.server_time.records():
-                harness.record(record)
+            write_server_time(harness, self.server_time)
         reason: str | None = None
         if harness.server_down is not None:
             reason = harness.server_down

@@ -99,9 +99,9 @@ def _when(started: Any, finished: Any) -> str:
 
 def time_split(run: RunRecord) -> dict[str, float] | None:
     """How the session's time divides between the server (its own durations: harness.server_time) and the
-    harness, in seconds; None when the run has no request records (an older run, or one spread over xdist
-    workers) or no finish time."""
-    if not run.of_kind("requests"):
+    harness, in seconds; None when the run has no request records (an older run) or no finish time, or when
+    several hosts served it (their requests overlap: see the Hosts table)."""
+    if not run.of_kind("requests") or run.meta.get("hosts"):
         return None
     try:
         started = dt.datetime.fromisoformat(str(run.meta.get("started_at")))

@@ -84,6 +84,9 @@ def test_two_xdist_workers_on_two_hosts_write_one_run_record(
         assert hosts[host]["status"] == "complete" and hosts[host]["server"]["host"] == host
         assert len(hosts[host]["models"]) == 1 and not hosts[host].get("cleanup_problems")
     assert {model["host"] for model in run.meta["models"]} == {first, second}
+    timed = [r for r in run.of_kind("requests") if r["model"] is not None]  # each worker's server time
+    assert {r["host"] for r in timed} == {first, second}
+    assert all(r["requests"] > 0 and r["busy_s"] > 0 for r in timed)
     text = render_report(build_report(run, config=HarnessConfig()), "text")
     assert "== Hosts" in text and first in text and second in text
 
@@ -104,6 +107,7 @@ def test_without_xdist_the_hosts_run_one_after_another(two_engines: tuple[str, s
     assert run.complete
     order = [test["host"] for test in run.of_kind("test")]
     assert order == [first] * 3 + [second] * 3
+    assert {r["host"] for r in run.of_kind("requests")} == {first, second}
 
 
 def test_a_worker_that_dies_is_reported_and_the_run_is_incomplete(
