@@ -21,6 +21,7 @@ from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
 from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.openai_compat import openai_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
 from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
@@ -230,7 +231,10 @@ class Engine:
         return JSONResponse({"runners": self.scheduler.runner_pids()})
 
     async def show(self, request: Request) -> Response:
-        body = await _body(request)
+        return await self.handle_show(await _body(request))
+
+    async def handle_show(self, body: dict[str, Any]) -> Response:
+        """/api/show for an already parsed request body (the OpenAI layer calls this too)."""
         raw_name = str(body.get("model") or body.get("name") or "")
         manifest = self._manifest(_parse_name(raw_name), raw_name)
         config = self._config(manifest)
@@ -322,7 +326,10 @@ class Engine:
         return await _respond(events, body.get("stream", True) is not False, lambda chunks: chunks[-1])
 
     async def generate(self, request: Request) -> Response:
-        body = await _body(request)
+        return await self.handle_generate(await _body(request))
+
+    async def handle_generate(self, body: dict[str, Any]) -> Response:
+        """/api/generate for an already parsed request body (the OpenAI layer calls this too)."""
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
@@ -350,7 +357,10 @@ class Engine:
         return await self._run(manifest, body, text, lambda content: {"response": content})
 
     async def chat(self, request: Request) -> Response:
-        body = await _body(request)
+        return await self.handle_chat(await _body(request))
+
+    async def handle_chat(self, body: dict[str, Any]) -> Response:
+        """/api/chat for an already parsed request body (the OpenAI layer calls this too)."""
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         manifest = self._manifest(name, raw_name)
@@ -540,6 +550,7 @@ def build_app(config: EngineConfig) -> Starlette:
         Route("/api/generate", _handler(engine.generate), methods=["POST"]),
         Route("/api/chat", _handler(engine.chat), methods=["POST"]),
         Route("/harness/runners", _handler(engine.runners), methods=["GET"]),
+        *openai_routes(engine),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.engine = engine

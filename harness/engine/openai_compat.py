@@ -1,0 +1,681 @@
+"""Ollama's OpenAI-compatible endpoints (`/v1/...`) for the embedded engine.
+
+Each OpenAI request is translated into the engine's own /api/chat or /api/generate body and run through the
+same code path; the Ollama answer (JSON, or the NDJSON event stream) is translated back into OpenAI's shape,
+as Ollama's `middleware/openai.go` and `openai/openai.go` do.
+
+Supported:
+- `POST /v1/chat/completions`: model, messages (content a string, or a list of `{"type": "text", "text"}`
+  parts, each part becoming a message of its own as in Ollama), stream, stream_options.include_usage,
+  max_tokens (num_predict), temperature (default 1.0), top_p (default 1.0), seed, stop (a string or a list;
+  non-strings in the list are skipped), frequency_penalty, presence_penalty, reasoning_effort /
+  reasoning.effort "none".
+- `POST /v1/completions`: model, prompt (a string), the same options (penalties default 0, a top_p of 0
+  means 1.0, a non-string in a `stop` list is a 400), stream, stream_options.include_usage.
+- `GET /v1/models`, `GET /v1/models/{model}` (`data` is null when there is no model, as in Ollama).
+
+Answers as Ollama's: ids `chatcmpl-N` / `cmpl-N` (N random below 999), `system_fingerprint: "fp_ollama"`,
+finish_reason is Ollama's done_reason ("stop", "length", "load" for an empty completions prompt), usage from
+prompt_eval_count and eval_count. Streams are Server-Sent Events, `data: {json}\\n\\n` chunks and then
+`data: [DONE]\\n\\n`; with include_usage a last chunk with `choices: []` carries the usage (completions chunks
+carry a zero usage before it, as Ollama's do).
+
+Errors are `{"error": {"message", "type", "param": null, "code": null}}`. Faults of the OpenAI request itself
+(bad JSON, field types, in Go's wording; empty messages; bad content parts...) are 400
+`invalid_request_error`. Errors of the engine keep their status and text (404 `model 'x' not found`, 400,
+500 for a model that fails to load, 503) with type `api_error`, the type Ollama gives every forwarded error.
+
+Not supported, and said so, never silently wrong:
+- tools: 400 `<full model name> does not support tools`, Ollama's answer for a model without the tools
+  capability (no model of this engine has it). tool_calls in messages: 400 naming the field.
+- reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
+  for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
+- suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
+- image_url content parts (checked as Ollama checks them first), response_format json_object / json_schema,
+  logprobs, _debug_render_only: Ollama supports them, this engine cannot; a 400 names the field.
+- Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
+  and a message's `name` and `reasoning`.
+
+Differences from Ollama: a body that is not JSON gets Python's decoder text, not Go's (same status and type).
+And, deliberately, an error after a stream has begun. Ollama's middleware decodes the in-band
+`{"error": ...}` line as if it were a chunk, so its client gets an empty delta and a stream that ends without
+`[DONE]`, and the message is lost. Here the stream ends with `data: {"error": {...}}` (OpenAI's own in-band
+shape, which OpenAI clients raise) and without `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from harness.engine.create import ApiError
+from harness.engine.names import InvalidNameError, ModelName
+
+if TYPE_CHECKING:
+    from harness.engine.app import Engine
+
+SYSTEM_FINGERPRINT = "fp_ollama"
+REASONING_EFFORTS = ("high", "medium", "low", "none")
+IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
+EVENT_STREAM_HEADERS = {"content-type": "text/event-stream"}
+
+
+class OpenAIRequestError(Exception):
+    """A fault of the OpenAI request itself: 400 `invalid_request_error`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def error_response(status: int, message: str, error_type: str) -> JSONResponse:
+    """OpenAI's error object (`openai.NewError`); texts that are not UTF-8 are shown backslash-escaped."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    body = {"error": {"message": text, "type": error_type, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+def forwarded_error(status: int, message: str) -> JSONResponse:
+    """An engine error as Ollama's middleware forwards it: the engine's status and text, type `api_error`."""
+    return error_response(status, message, "api_error")
+
+
+# --- request checks: Go's JSON decoding of Ollama's request structs -------------------------------------
+
+
+@dataclass(frozen=True)
+class GoField:
+    """A request field as Go decodes it: its Go type and, for objects (or lists of them), their fields."""
+
+    go_type: str
+    item_type: str = ""
+    fields: Mapping[str, GoField] = field(default_factory=dict)
+
+
+STRING, BOOL, INT, ANY = GoField("string"), GoField("bool"), GoField("int"), GoField("any")
+FLOAT64, FLOAT32 = GoField("float64"), GoField("float32")
+STREAM_OPTIONS = GoField("openai.StreamOptions", "openai.StreamOptions", {"include_usage": BOOL})
+CHAT_REQUEST_FIELDS: Mapping[str, GoField] = {
+    "model": STRING,
+    "messages": GoField(
+        "[]openai.Message",
+        "openai.Message",
+        {
+            "role": STRING,
+            "content": ANY,
+            "reasoning": STRING,
+            "tool_calls": GoField("[]openai.ToolCall"),
+            "name": STRING,
+            "tool_call_id": STRING,
+        },
+    ),
+    "stream": BOOL,
+    "stream_options": STREAM_OPTIONS,
+    "max_tokens": INT,
+    "seed": INT,
+    "stop": ANY,
+    "temperature": FLOAT64,
+    "frequency_penalty": FLOAT64,
+    "presence_penalty": FLOAT64,
+    "top_p": FLOAT64,
+    "response_format": GoField(
+        "openai.ResponseFormat",
+        "openai.ResponseFormat",
+        {"type": STRING, "json_schema": GoField("openai.JsonSchema", "openai.JsonSchema", {"schema": ANY})},
+    ),
+    "tools": GoField("[]api.Tool"),
+    "reasoning": GoField("openai.Reasoning", "openai.Reasoning", {"effort": STRING}),
+    "reasoning_effort": STRING,
+    "logprobs": BOOL,
+    "top_logprobs": INT,
+    "_debug_render_only": BOOL,
+}
+COMPLETION_REQUEST_FIELDS: Mapping[str, GoField] = {
+    "model": STRING,
+    "prompt": STRING,
+    "frequency_penalty": FLOAT32,
+    "max_tokens": INT,
+    "presence_penalty": FLOAT32,
+    "seed": INT,
+    "stop": ANY,
+    "stream": BOOL,
+    "stream_options": STREAM_OPTIONS,
+    "temperature": FLOAT32,
+    "top_p": FLOAT32,
+    "suffix": STRING,
+    "logprobs": INT,
+    "_debug_render_only": BOOL,
+}
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON kind of a value as Go's unmarshal errors name it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _go_dynamic_type(value: Any) -> str:
+    """Go's `%T` of a value decoded into `any`."""
+    if value is None:
+        return "<nil>"
+    kind = _json_kind(value)
+    return {"number": "float64", "array": "[]interface {}", "object": "map[string]interface {}"}.get(
+        kind, kind
+    )
+
+
+def _fits(go_type: str, value: Any) -> bool:
+    if go_type == "any":
+        return True
+    if go_type.startswith("[]"):
+        return isinstance(value, list)
+    kind = _json_kind(value)
+    if go_type == "int":
+        return kind == "number" and isinstance(value, int)
+    if go_type.startswith("float"):
+        return kind == "number"
+    if go_type in ("string", "bool"):
+        return kind == go_type
+    return kind == "object"
+
+
+def _type_error(value: Any, where: str, go_type: str) -> OpenAIRequestError:
+    kind = _json_kind(value)
+    if kind == "number" and go_type == "int":
+        kind = f"number {json.dumps(value)}"
+    return OpenAIRequestError(f"json: cannot unmarshal {kind} into Go struct field {where} of type {go_type}")
+
+
+def check_field_types(data: Mapping[str, Any], fields: Mapping[str, GoField], where: str) -> None:
+    """Raise Go's unmarshal error for the first field whose value does not fit its Go type (nulls and
+    unknown fields are ignored, as Go ignores them)."""
+    for key, value in data.items():
+        spec = fields.get(key)
+        if spec is None or value is None:
+            continue
+        path = f"{where}.{key}"
+        if not _fits(spec.go_type, value):
+            raise _type_error(value, path, spec.go_type)
+        if not spec.fields:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item is None:
+                continue
+            if not isinstance(item, dict):
+                raise _type_error(item, path, spec.item_type)
+            check_field_types(item, spec.fields, path)
+
+
+async def read_openai_body(request: Request, struct: str, fields: Mapping[str, GoField]) -> dict[str, Any]:
+    """The request's JSON object, checked against the Go struct Ollama decodes it into."""
+    raw = await request.body()
+    if not raw.strip():
+        raise OpenAIRequestError("EOF")
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise OpenAIRequestError(f"invalid JSON in request body: {error}") from None
+    if data is None:  # Go decodes `null` into a zero request
+        data = {}
+    if not isinstance(data, dict):
+        raise OpenAIRequestError(f"json: cannot unmarshal {_json_kind(data)} into Go value of type {struct}")
+    check_field_types(data, fields, struct.removeprefix("openai."))
+    return data
+
+
+# --- OpenAI request -> Ollama request -------------------------------------------------------------------
+
+
+def _unsupported(what: str) -> OpenAIRequestError:
+    return OpenAIRequestError(f"{what} is not supported by the embedded engine")
+
+
+def _check_image_part(part: Mapping[str, Any]) -> None:
+    """Ollama's checks of an image_url part, then the refusal: this engine runs no vision model."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise OpenAIRequestError("invalid message format")
+    if url.startswith(("http://", "https://")):
+        raise OpenAIRequestError(
+            "image URLs are not currently supported, please use base64 encoded data instead"
+        )
+    prefix = next((p for p in ("data:;base64,", *IMAGE_PREFIXES) if url.startswith(p)), None)
+    if prefix is None:
+        raise OpenAIRequestError("invalid image input")
+    try:
+        base64.b64decode(url[len(prefix) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise OpenAIRequestError("invalid image input") from None
+    raise _unsupported("image_url content")
+
+
+def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own."""
+    converted = []
+    for message in messages:
+        role = message.get("role") or ""
+        content = message.get("content")
+        if message.get("tool_calls"):
+            raise _unsupported("tool_calls in messages")
+        if isinstance(content, str):
+            converted.append({"role": role, "content": content})
+            continue
+        if not isinstance(content, list):
+            raise OpenAIRequestError(f"invalid message content type: {_go_dynamic_type(content)}")
+        for part in content:
+            if not isinstance(part, dict):
+                raise OpenAIRequestError("invalid message format")
+            if part.get("type") == "image_url":
+                _check_image_part(part)
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise OpenAIRequestError("invalid message format")
+            converted.append({"role": role, "content": part["text"]})
+    return converted
+
+
+def _stop_option(stop: Any, *, strict: bool) -> list[str] | None:
+    """`stop` as Ollama's option: a string or the strings of a list (a non-string is skipped, or an error
+    when `strict`, as in `FromCompleteRequest`); None when not set."""
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, list):
+        return None
+    for item in stop:
+        if strict and not isinstance(item, str):
+            raise OpenAIRequestError(f"invalid type for 'stop' field: {_go_dynamic_type(item)}")
+    return [item for item in stop if isinstance(item, str)] or None
+
+
+def _reasoning_effort(data: Mapping[str, Any]) -> str:
+    """The requested reasoning effort ("" when none), checked as Ollama checks it."""
+    if isinstance(data.get("reasoning"), dict):
+        effort = data["reasoning"].get("effort") or ""
+    else:
+        effort = data.get("reasoning_effort") or ""
+    if effort and effort not in REASONING_EFFORTS:
+        raise OpenAIRequestError(
+            f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", or "none")'
+        )
+    return str(effort)
+
+
+def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The /api/chat body for a (type-checked) chat completions request, with `think` when a reasoning
+    effort is given (as Ollama's ChatRequest has it); unsupported fields raise."""
+    messages = data.get("messages") or []
+    if not messages:
+        raise OpenAIRequestError("[] is too short - 'messages'")
+    converted = ollama_messages(messages)
+    options: dict[str, Any] = {}
+    stop = _stop_option(data.get("stop"), strict=False)
+    if stop is not None:
+        options["stop"] = stop
+    if data.get("max_tokens") is not None:
+        options["num_predict"] = data["max_tokens"]
+    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
+    for name in ("seed", "frequency_penalty", "presence_penalty"):
+        if data.get(name) is not None:
+            options[name] = data[name]
+    options["top_p"] = 1.0 if data.get("top_p") is None else data["top_p"]
+    effort = _reasoning_effort(data)
+    response_format = data.get("response_format") or {}
+    format_type = str(response_format.get("type") or "").strip().lower()
+    if format_type == "json_object" or (format_type == "json_schema" and response_format.get("json_schema")):
+        raise _unsupported("response_format")
+    if data.get("logprobs"):
+        raise _unsupported("logprobs")
+    if data.get("_debug_render_only"):
+        raise _unsupported("_debug_render_only")
+    body = {
+        "model": data.get("model") or "",
+        "messages": converted,
+        "options": options,
+        "stream": bool(data.get("stream")),
+    }
+    if effort:
+        body["think"] = effort != "none"
+    return body
+
+
+def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The /api/generate body for a (type-checked) completions request; unsupported fields raise."""
+    options: dict[str, Any] = {}
+    stop = _stop_option(data.get("stop"), strict=True)
+    if stop is not None:
+        options["stop"] = stop
+    if data.get("max_tokens") is not None:
+        options["num_predict"] = data["max_tokens"]
+    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
+    if data.get("seed") is not None:
+        options["seed"] = data["seed"]
+    options["frequency_penalty"] = data.get("frequency_penalty") or 0.0
+    options["presence_penalty"] = data.get("presence_penalty") or 0.0
+    options["top_p"] = data.get("top_p") or 1.0
+    if (data.get("logprobs") or 0) > 0:
+        raise _unsupported("logprobs")
+    if data.get("_debug_render_only"):
+        raise _unsupported("_debug_render_only")
+    return {
+        "model": data.get("model") or "",
+        "prompt": data.get("prompt") or "",
+        "options": options,
+        "stream": bool(data.get("stream")),
+    }
+
+
+# --- Ollama answer -> OpenAI answer ---------------------------------------------------------------------
+
+
+def _unix_time(timestamp: Any) -> int:
+    """Seconds since the epoch of an ISO 8601 time (now when it is missing or unreadable)."""
+    try:
+        return int(datetime.fromisoformat(str(timestamp)).timestamp())
+    except ValueError:
+        return int(time.time())
+
+
+def usage(event: Mapping[str, Any]) -> dict[str, int]:
+    """OpenAI usage from an Ollama final event (`ToUsage`)."""
+    prompt_tokens = int(event.get("prompt_eval_count") or 0)
+    completion_tokens = int(event.get("eval_count") or 0)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`)."""
+    message = answer.get("message") or {}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": _unix_time(answer.get("created_at")),
+        "model": answer.get("model", ""),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": message.get("role", ""), "content": message.get("content", "")},
+                "finish_reason": answer.get("done_reason") or None,
+            }
+        ],
+        "usage": usage(answer),
+    }
+
+
+def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool) -> dict[str, Any]:
+    """A `chat.completion.chunk` for one /api/chat event (`ToChunk`)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": event.get("model", ""),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": (event.get("message") or {}).get("content", "")},
+                "finish_reason": event.get("done_reason") or None,
+            }
+        ],
+    }
+
+
+def text_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A `text_completion` for a whole /api/generate answer (`ToCompletion`)."""
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": _unix_time(answer.get("created_at")),
+        "model": answer.get("model", ""),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [
+            {
+                "text": answer.get("response", ""),
+                "index": 0,
+                "finish_reason": answer.get("done_reason") or None,
+            }
+        ],
+        "usage": usage(answer),
+    }
+
+
+def text_completion_chunk(
+    completion_id: str, event: Mapping[str, Any], include_usage: bool
+) -> dict[str, Any]:
+    """A streamed `text_completion` for one /api/generate event (`ToCompleteChunk`); with include_usage it
+    carries a zero usage, as Ollama's `CompleteWriter` writes it."""
+    chunk: dict[str, Any] = {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "choices": [
+            {"text": event.get("response", ""), "index": 0, "finish_reason": event.get("done_reason") or None}
+        ],
+        "model": event.get("model", ""),
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    if include_usage:
+        chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return chunk
+
+
+ChunkMaker = Callable[[str, Mapping[str, Any], bool], dict[str, Any]]
+
+
+def json_body(response: Response) -> Any:
+    """The decoded JSON body of a (non-streaming) engine answer."""
+    return json.loads(bytes(response.body))
+
+
+def server_sent_event(data: Mapping[str, Any]) -> bytes:
+    """One SSE event: `data: {json}` and a blank line."""
+    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def ollama_events(answer: Response) -> AsyncGenerator[dict[str, Any], None]:
+    """The JSON objects of an engine answer: one per NDJSON line of a stream, or its one JSON body."""
+    if not isinstance(answer, StreamingResponse):
+        for line in bytes(answer.body).splitlines():
+            if line.strip():
+                yield json.loads(line)
+        return
+    pending = b""
+    try:
+        async for piece in answer.body_iterator:
+            pending += piece.encode() if isinstance(piece, str) else bytes(piece)
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+        if pending.strip():
+            yield json.loads(pending)
+    finally:
+        close = getattr(answer.body_iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def sse_stream(
+    answer: Response, completion_id: str, make_chunk: ChunkMaker, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """The SSE body for a streamed engine answer, as Ollama's ChatWriter / CompleteWriter write it: a chunk
+    per event; after the final one the usage chunk (with include_usage) and `[DONE]`. An in-band engine error
+    ends the stream with OpenAI's error object and no `[DONE]`."""
+    events = ollama_events(answer)
+    try:
+        async for event in events:
+            if "error" in event:
+                yield server_sent_event(
+                    {
+                        "error": {
+                            "message": str(event["error"]),
+                            "type": "api_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    }
+                )
+                return
+            chunk = make_chunk(completion_id, event, include_usage)
+            yield server_sent_event(chunk)
+            if event.get("done"):
+                if include_usage:
+                    yield server_sent_event({**chunk, "choices": [], "usage": usage(event)})
+                yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()
+
+
+def translate_answer(
+    answer: Response,
+    *,
+    stream: bool,
+    include_usage: bool,
+    completion_id: str,
+    whole: Callable[[str, Mapping[str, Any]], dict[str, Any]],
+    make_chunk: ChunkMaker,
+) -> Response:
+    """The OpenAI response for an engine answer: its error, one object, or an SSE stream."""
+    if answer.status_code != 200:
+        return forwarded_error(answer.status_code, str(json_body(answer).get("error", "")))
+    if not stream:
+        return JSONResponse(whole(completion_id, json_body(answer)))
+    return StreamingResponse(
+        sse_stream(answer, completion_id, make_chunk, include_usage), headers=EVENT_STREAM_HEADERS
+    )
+
+
+def _full_name(raw_name: str) -> str:
+    """Ollama's `model.Name.String()`: host/namespace/model:tag."""
+    name = ModelName.parse(raw_name)
+    return f"{name.host}/{name.namespace}/{name.model}:{name.tag}"
+
+
+def _namespace(raw_name: str) -> str:
+    """`owned_by`: the namespace of a name ("" for an invalid one, as Go's zero Name)."""
+    try:
+        return ModelName.parse(raw_name).namespace
+    except InvalidNameError:
+        return ""
+
+
+# --- handlers -------------------------------------------------------------------------------------------
+
+
+def _openai_errors(
+    method: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await method(request)
+        except OpenAIRequestError as error:
+            return error_response(400, error.message, "invalid_request_error")
+        except ApiError as error:
+            return forwarded_error(error.status, error.message)
+
+    return endpoint
+
+
+class OpenAICompat:
+    """The /v1 handlers: OpenAI requests run through the engine's own /api handlers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def _require_model(self, raw_name: str) -> None:
+        """The engine's own errors for a missing or invalid model (400, 404), before a capability error."""
+        await self.engine.handle_show({"model": raw_name})
+
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions."""
+        data = await read_openai_body(request, "openai.ChatCompletionRequest", CHAT_REQUEST_FIELDS)
+        body = chat_request_to_ollama(data)
+        if data.get("tools") or body.get("think"):
+            await self._require_model(body["model"])
+            if data.get("tools"):
+                raise ApiError(400, f"{_full_name(body['model'])} does not support tools")
+            raise ApiError(400, f"{json.dumps(body['model'])} does not support thinking")
+        answer = await self.engine.handle_chat(body)
+        return translate_answer(
+            answer,
+            stream=body["stream"],
+            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+            completion_id=f"chatcmpl-{random.randrange(999)}",
+            whole=chat_completion,
+            make_chunk=chat_chunk,
+        )
+
+    async def completions(self, request: Request) -> Response:
+        """POST /v1/completions."""
+        data = await read_openai_body(request, "openai.CompletionRequest", COMPLETION_REQUEST_FIELDS)
+        body = completion_request_to_ollama(data)
+        if data.get("suffix"):
+            await self._require_model(body["model"])
+            raise ApiError(400, f"{_full_name(body['model'])} does not support insert")
+        answer = await self.engine.handle_generate(body)
+        return translate_answer(
+            answer,
+            stream=body["stream"],
+            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+            completion_id=f"cmpl-{random.randrange(999)}",
+            whole=text_completion,
+            make_chunk=text_completion_chunk,
+        )
+
+    async def list_models(self, request: Request) -> Response:
+        """GET /v1/models (`ToListCompletion`)."""
+        listing = json_body(await self.engine.tags(request))
+        models = [
+            {
+                "id": entry["name"],
+                "object": "model",
+                "created": _unix_time(entry.get("modified_at")),
+                "owned_by": _namespace(entry["name"]),
+            }
+            for entry in listing.get("models") or []
+        ]
+        return JSONResponse({"object": "list", "data": models or None})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """GET /v1/models/{model} (`ToModel`)."""
+        raw_name = request.path_params["model"]
+        shown = json_body(await self.engine.handle_show({"model": raw_name}))
+        return JSONResponse(
+            {
+                "id": raw_name,
+                "object": "model",
+                "created": _unix_time(shown.get("modified_at")),
+                "owned_by": _namespace(raw_name),
+            }
+        )
+
+
+def openai_routes(engine: Engine) -> list[Route]:
+    """The /v1 routes Ollama serves for OpenAI clients (embeddings and responses are not served)."""
+    compat = OpenAICompat(engine)
+    return [
+        Route("/v1/chat/completions", _openai_errors(compat.chat_completions), methods=["POST"]),
+        Route("/v1/completions", _openai_errors(compat.completions), methods=["POST"]),
+        Route("/v1/models", _openai_errors(compat.list_models), methods=["GET"]),
+        Route("/v1/models/{model}", _openai_errors(compat.retrieve_model), methods=["GET"]),
+    ]
