@@ -2,9 +2,9 @@
 
 `pytest suites/ --matrix f32,f16,q8_0,q4_0` runs the suites once per type. A fixture profile is built in each
 type (`harness.gguf`); a user's F32/F16 GGUF (`--gguf`) is created as it is for its own type and, for the
-others, with the server quantizing at create (`quantize`). A server that refuses (the embedded engine
-always does; Ollama quantizes to q8_0, q4_K_M and q4_K_S from F16/F32) gets those types skipped with the
-reason.
+others, with the server quantizing at create (`quantize`). A type the server refuses gets skipped with its
+reason (the embedded engine writes f32, f16 and q8_0; Ollama also q4_K_M and q4_K_S; both only from an
+F16, BF16 or F32 file).
 
 This module plans the matrix (`parse_matrix`, `MatrixEntry`) and sums it up for `harness report`
 (`summarise_matrix`): per type accuracy, tokens/s, time to first token, `/api/ps` size and file size, with
@@ -104,7 +104,7 @@ def plan_entry(tensor_type: str, *, file_type: str | None) -> MatrixEntry:
 
 
 def quantize_refusal(tensor_type: str, file_type: str | None, server_message: str) -> QuantizeNotSupported:
-    """The error for a create with `quantize` that the server answered with HTTP 400."""
+    """The error for a create with `quantize` that the server refused (`_refused_quantize`)."""
     source = f"the {file_type} file" if file_type else "the file"
     return QuantizeNotSupported(
         f"{tensor_type}: quantizing {source} at create is {NOT_SUPPORTED} ({server_message})",

@@ -286,7 +286,7 @@ class ModelFactory:
                     name, parse_modelfile(text), relative_dir=gguf_path.parent, quantize=quantize
                 )
             except OllamaRequestError as error:
-                if quantize is not None and error.status_code == 400:
+                if quantize is not None and _refused_quantize(error):
                     from harness.matrix import quantize_refusal
 
                     raise quantize_refusal(
@@ -343,3 +343,10 @@ def _listing(client: Any, name: str) -> dict[str, Any] | None:
 def _digest_of(client: Any, name: str) -> str | None:
     listed = _listing(client, name)
     return listed.get("digest") if listed else None
+
+
+def _refused_quantize(error: OllamaRequestError) -> bool:
+    """Whether a create with `quantize` failed because the server will not write that type: a 400, or an
+    error of Ollama's quantize step (a 500 or an in-band error naming quantization: an unknown type, a
+    source it cannot quantize)."""
+    return error.status_code == 400 or "quantiz" in (error.server_message or error.message).lower()

@@ -207,14 +207,24 @@ def test_kept_models_are_found_again_not_recreated(engine: Any, tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
-def test_the_embedded_engine_refuses_quantize_and_says_so(engine: Any, tmp_path: Path) -> None:
-    f32 = build_cached(load_profile("tiny").replace(tensor_type="f32"))
+def test_the_embedded_engine_quantizes_to_q8_0_and_refuses_k_quants_saying_so(
+    engine: Any, tmp_path: Path
+) -> None:
+    f32 = build_cached(load_profile("oracle").replace(tensor_type="f32"))
     with OllamaClient(engine.host, timeout=60) as client:
         factory = _factory(engine, client, tmp_path, keep_models=False)
         same = factory.from_gguf(f32.path, modelfile="fixture", tensor_type="f32")
         assert same.quantize is None and same.tensor_type == "f32"
+        q8 = factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q8_0")
+        assert q8.quantize == "q8_0" and client.show(q8.name).details.quantization_level == "Q8_0"
+        oracle = load_profile("oracle").oracle
+        assert oracle is not None
+        reply = client.generate(
+            q8.name, oracle.prompt, raw=True, options={"temperature": 0, "num_predict": 8}
+        )
+        assert reply.text == oracle.continuation  # the quantized model is the oracle still
         with pytest.raises(QuantizeNotSupported) as caught:
-            factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q8_0")
+            factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q4_K_M")
     message = caught.value.message
-    assert message.startswith(f"q8_0: quantizing the F32 file at create is {NOT_SUPPORTED}"), message
-    assert "quantization is not supported by this engine" in message
+    assert message.startswith(f"q4_K_M: quantizing the F32 file at create is {NOT_SUPPORTED}"), message
+    assert "quantization to Q4_K_M is not supported by this engine" in message

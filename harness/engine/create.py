@@ -1,13 +1,17 @@
 """`/api/create`: validate the request, the GGUF (decoder bounds, checker, trial load) and the template,
-then write the layers and the manifest. Yields Ollama's progress statuses; raises ApiError."""
+quantize the model layer when asked (`quantize`: F32, F16 or Q8_0, harness.gguf.quantize), then write the
+layers and the manifest. Yields Ollama's progress statuses; raises ApiError."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import tempfile
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, human_parameter_size, is_gguf, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
@@ -24,6 +28,11 @@ from harness.engine.store import (
     Store,
     normalize_digest,
 )
+from harness.errors import HarnessError
+from harness.gguf.reader import read_gguf_header
+
+if TYPE_CHECKING:
+    from harness.gguf.quantize import Quantization
 
 
 class ApiError(Exception):
@@ -78,8 +87,6 @@ class ModelCreator:
             name = ModelName.parse(body.get("model") or body.get("name") or "")
         except InvalidNameError:
             raise ApiError(400, "invalid model name") from None
-        if body.get("quantize") or body.get("quantization"):
-            raise ApiError(400, "quantization is not supported by this engine")
         if body.get("adapters"):
             raise ApiError(400, "adapters are not supported by this engine")
         if not body.get("from") and not files:
@@ -145,6 +152,19 @@ class ModelCreator:
                     layers.append(layer)
             for layer in layers:
                 yield {"status": f"using existing layer {layer.digest}"}
+        requested = str(body.get("quantize") or body.get("quantization") or "")
+        model_layer = next((layer for layer in layers if layer.media_type == MEDIA_MODEL), None)
+        if requested and model_layer is not None:
+            quantization = self._quantization(model_layer.digest, requested)
+            if quantization.target is not None:
+                yield {"status": f"quantizing {quantization.source_type} model to {requested.upper()}"}
+                digest = await asyncio.to_thread(self._write_quantized, model_layer.digest, requested)
+                info = await self._validate_gguf(digest)
+                layers[layers.index(model_layer)] = Layer(
+                    MEDIA_MODEL, digest, self.store.blob_path(digest).stat().st_size
+                )
+                config = {**config, **self._config_for(info)}
+                yield {"status": f"creating new layer {digest}"}
         for media_type, value in (
             (MEDIA_TEMPLATE, body.get("template")),
             (MEDIA_SYSTEM, body.get("system")),
@@ -168,6 +188,33 @@ class ModelCreator:
         yield {"status": "writing manifest"}
         self.store.save(name, config_layer, layers)
         yield {"status": "success"}
+
+    def _quantization(self, digest: str, requested: str) -> Quantization:
+        """What quantizing the model blob to `requested` means; Ollama's errors as 500s (they come from its
+        createModel, after the request was accepted)."""
+        from harness.gguf.quantize import plan_quantization
+
+        try:
+            return plan_quantization(read_gguf_header(self.store.blob_path(digest)), requested)
+        except HarnessError as error:
+            raise ApiError(500, error.message) from None
+
+    def _write_quantized(self, digest: str, requested: str) -> str:
+        """Write the quantized copy of a model blob into the store; returns its digest."""
+        from harness.gguf.quantize import quantize_gguf
+
+        fd, temp_name = tempfile.mkstemp(dir=self.store.blobs, prefix=".quantize-", suffix=".gguf")
+        os.close(fd)
+        try:
+            written = quantize_gguf(self.store.blob_path(digest), temp_name, requested)
+            new_digest = f"sha256:{written.sha256}"
+            os.replace(written.path, self.store.blob_path(new_digest))
+        except HarnessError as error:
+            raise ApiError(500, f"quantization failed: {error.message}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+        return new_digest
 
     def _new_layer(self, data: bytes, media_type: str) -> Layer:
         return self.store.put_bytes(data, media_type)
