@@ -1,7 +1,8 @@
 """End to end: `pytest suites/ --matrix ...` on the embedded engine, and `harness report` on its run.
 
-Kept short with -k: the oracle profile in f32 and q4_0 (built in each type), and a user's F32 GGUF whose
-q8_0 the embedded engine cannot make (it refuses `quantize`): that type is skipped with the reason.
+Kept short with -k: the oracle profile in f32 and q4_0 (built in each type), and a user's F32 GGUF that the
+embedded engine quantizes to q8_0 at create but not to q4_K_M (a k-quant): that type is skipped with the
+reason.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def test_matrix_runs_each_type_and_the_report_shows_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_type_the_server_cannot_quantize_to_is_skipped_with_the_reason(
+def test_the_server_quantizes_a_users_gguf_and_a_type_it_cannot_is_skipped_with_the_reason(
     tmp_path: Path,
 ) -> None:
     f32 = build_cached(load_profile("tiny").replace(tensor_type="f32"))
@@ -72,7 +73,7 @@ def test_a_type_the_server_cannot_quantize_to_is_skipped_with_the_reason(
         "--modelfile",
         "fixture",
         "--matrix",
-        "f32,q8_0",
+        "f32,q8_0,q4_K_M",
         "-k",
         "num_predict",
     )
@@ -80,8 +81,12 @@ def test_a_type_the_server_cannot_quantize_to_is_skipped_with_the_reason(
     run = only_run(reports)
     tests = outcomes(run)
     assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[f32]"] == "passed"
-    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q8_0]"] == "skipped"
-    skipped = next(r for r in run.of_kind("test") if r["nodeid"].endswith("[q8_0]"))
-    assert NOT_SUPPORTED in skipped["message"], skipped
-    entry = next(e for e in run.meta["matrix"]["entries"] if e["tensor_type"] == "q8_0")
-    assert entry["status"] == "skipped" and NOT_SUPPORTED in entry["reason"], entry
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q8_0]"] == "passed"
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q4_K_M]"] == "skipped"
+    skipped = next(r for r in run.of_kind("test") if r["nodeid"].endswith("[q4_K_M]"))
+    assert NOT_SUPPORTED in skipped["message"] and "Q4_K_M" in skipped["message"], skipped
+    entries = {e["tensor_type"]: e for e in run.meta["matrix"]["entries"]}
+    assert entries["q8_0"]["status"] == "ok" and entries["f32"]["status"] == "ok", entries
+    assert entries["q4_K_M"]["status"] == "skipped" and NOT_SUPPORTED in entries["q4_K_M"]["reason"]
+    quantized = next(m for m in run.meta["models"] if m["name"] == entries["q8_0"]["model"])
+    assert quantized.get("quantize") == "q8_0", quantized
