@@ -19,6 +19,7 @@ from starlette.routing import Route
 from harness import __version__
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
+from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.openai_compat import openai_routes
@@ -137,6 +138,7 @@ class Engine:
         self.store = Store(config.models_dir)
         self.scheduler = Scheduler(config, config.models_dir / "runner-logs")
         self.creator = ModelCreator(self.store)
+        self.embeddings = Embeddings(self)
 
     # --- helpers ---
     def _manifest(self, name: ModelName, raw_name: str) -> Manifest:
@@ -144,6 +146,18 @@ class Engine:
         if manifest is None or manifest.layer(MEDIA_MODEL) is None:
             raise ApiError(404, f"model '{raw_name}' not found")
         return manifest
+
+    def find_model(self, raw_name: str) -> Manifest:
+        """The stored model a request names: 400 for a bad name, 404 when there is none."""
+        return self._manifest(_parse_name(raw_name), raw_name)
+
+    async def acquire_for(
+        self, manifest: Manifest, body: dict[str, Any], *, embedding: bool = False
+    ) -> LoadedModel:
+        """A slot on `manifest`'s model, loaded with the request's options and keep_alive (and embeddings on,
+        if asked); give it back with `scheduler.release`."""
+        options = self._options(manifest, body)
+        return await self._acquire(self._model_request(manifest, options, self._keep_alive(body), embedding))
 
     def _layer_text(self, manifest: Manifest, media_type: str) -> str | None:
         layer = manifest.layer(media_type)
@@ -161,7 +175,7 @@ class Engine:
         return dict(json.loads(self.store.read_blob_text(manifest.config.digest)))
 
     def _model_request(
-        self, manifest: Manifest, options: dict[str, Any], keep_alive_s: float
+        self, manifest: Manifest, options: dict[str, Any], keep_alive_s: float, embedding: bool = False
     ) -> ModelRequest:
         config = self._config(manifest)
         num_ctx = options["num_ctx"] or self.config.context_length
@@ -186,6 +200,7 @@ class Engine:
                 num_ctx=max(4, num_ctx),
                 num_batch=options["num_batch"],
                 num_thread=options["num_thread"] or self.config.num_thread,
+                embedding=embedding,
             ),
             keep_alive_s=keep_alive_s,
         )
@@ -386,6 +401,17 @@ class Engine:
             raise ApiError(500, f"template error: {error}") from None
         return await self._run(manifest, body, text, message)
 
+    async def embed(self, request: Request) -> Response:
+        return await self.handle_embed(await _body(request))
+
+    async def handle_embed(self, body: dict[str, Any]) -> Response:
+        """/api/embed for an already parsed request body (the OpenAI layer calls this too); see embed.py."""
+        return await self.embeddings.embed(body)
+
+    async def legacy_embeddings(self, request: Request) -> Response:
+        """/api/embeddings (legacy); see embed.py."""
+        return await self.embeddings.embeddings(await _body(request))
+
     async def _load_or_unload(
         self, manifest: Manifest, body: dict[str, Any], empty: dict[str, Any]
     ) -> Response:
@@ -394,9 +420,7 @@ class Engine:
         if keep_alive_s == 0:
             await self.scheduler.unload_when_idle(manifest.name.key())
             return JSONResponse({**answer, "done_reason": "unload"})
-        options = self._options(manifest, body)
-        model = await self._acquire(self._model_request(manifest, options, keep_alive_s))
-        await self.scheduler.release(model)
+        await self.scheduler.release(await self.acquire_for(manifest, body))
         return JSONResponse({**answer, "done_reason": "load"})
 
     def _options(self, manifest: Manifest, body: dict[str, Any]) -> dict[str, Any]:
@@ -549,6 +573,8 @@ def build_app(config: EngineConfig) -> Starlette:
         Route("/api/create", _handler(engine.create), methods=["POST"]),
         Route("/api/generate", _handler(engine.generate), methods=["POST"]),
         Route("/api/chat", _handler(engine.chat), methods=["POST"]),
+        Route("/api/embed", _handler(engine.embed), methods=["POST"]),
+        Route("/api/embeddings", _handler(engine.legacy_embeddings), methods=["POST"]),
         Route("/harness/runners", _handler(engine.runners), methods=["GET"]),
         *openai_routes(engine),
     ]

@@ -12,6 +12,10 @@ Supported:
   reasoning.effort "none".
 - `POST /v1/completions`: model, prompt (a string), the same options (penalties default 0, a top_p of 0
   means 1.0, a non-string in a `stop` list is a 400), stream, stream_options.include_usage.
+- `POST /v1/embeddings`: model, input (a string, "" meaning [""], or a list of strings), dimensions,
+  encoding_format ("float" or "base64": little-endian float32 bytes; checked case-insensitively as Ollama's
+  `EmbeddingsMiddleware` does), run through /api/embed; usage.prompt_tokens = total_tokens =
+  prompt_eval_count (`ToEmbeddingList`).
 - `GET /v1/models`, `GET /v1/models/{model}` (`data` is null when there is no model, as in Ollama).
 
 Answers as Ollama's: ids `chatcmpl-N` / `cmpl-N` (N random below 999), `system_fingerprint: "fp_ollama"`,
@@ -55,6 +59,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -157,6 +162,14 @@ COMPLETION_REQUEST_FIELDS: Mapping[str, GoField] = {
     "logprobs": INT,
     "_debug_render_only": BOOL,
 }
+
+EMBED_REQUEST_FIELDS: Mapping[str, GoField] = {
+    "input": ANY,
+    "model": STRING,
+    "dimensions": INT,
+    "encoding_format": STRING,
+}
+ENCODING_FORMATS = ("float", "base64")
 
 
 def _json_kind(value: Any) -> str:
@@ -380,6 +393,21 @@ def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def embed_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The /api/embed body for a (type-checked) embeddings request, checked as `EmbeddingsMiddleware` does."""
+    encoding_format = data.get("encoding_format") or ""
+    if encoding_format and encoding_format.lower() not in ENCODING_FORMATS:
+        raise OpenAIRequestError(
+            f"Invalid value for 'encoding_format' = {encoding_format}. Supported values: ['float', 'base64']."
+        )
+    value = data.get("input")
+    if value == "":
+        value = [""]
+    if value is None or value == []:
+        raise OpenAIRequestError("invalid input")
+    return {"model": data.get("model") or "", "input": value, "dimensions": data.get("dimensions") or 0}
+
+
 # --- Ollama answer -> OpenAI answer ---------------------------------------------------------------------
 
 
@@ -477,6 +505,29 @@ def text_completion_chunk(
     if include_usage:
         chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return chunk
+
+
+def embedding_list(model: str, answer: Mapping[str, Any], encoding_format: str) -> dict[str, Any]:
+    """An OpenAI embedding list for an /api/embed answer (`ToEmbeddingList`): vectors as floats, or base64 of
+    their little-endian float32 bytes."""
+    as_base64 = encoding_format.lower() == "base64"
+    data = [
+        {
+            "object": "embedding",
+            "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            if as_base64
+            else vector,
+            "index": index,
+        }
+        for index, vector in enumerate(answer.get("embeddings") or [])
+    ]
+    tokens = int(answer.get("prompt_eval_count") or 0)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 ChunkMaker = Callable[[str, Mapping[str, Any], bool], dict[str, Any]]
@@ -642,6 +693,17 @@ class OpenAICompat:
             make_chunk=text_completion_chunk,
         )
 
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings."""
+        data = await read_openai_body(request, "openai.EmbedRequest", EMBED_REQUEST_FIELDS)
+        body = embed_request_to_ollama(data)
+        answer = await self.engine.handle_embed(body)
+        if answer.status_code != 200:
+            return forwarded_error(answer.status_code, str(json_body(answer).get("error", "")))
+        return JSONResponse(
+            embedding_list(body["model"], json_body(answer), data.get("encoding_format") or "")
+        )
+
     async def list_models(self, request: Request) -> Response:
         """GET /v1/models (`ToListCompletion`)."""
         listing = json_body(await self.engine.tags(request))
@@ -671,11 +733,12 @@ class OpenAICompat:
 
 
 def openai_routes(engine: Engine) -> list[Route]:
-    """The /v1 routes Ollama serves for OpenAI clients (embeddings and responses are not served)."""
+    """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
     compat = OpenAICompat(engine)
     return [
         Route("/v1/chat/completions", _openai_errors(compat.chat_completions), methods=["POST"]),
         Route("/v1/completions", _openai_errors(compat.completions), methods=["POST"]),
+        Route("/v1/embeddings", _openai_errors(compat.embeddings), methods=["POST"]),
         Route("/v1/models", _openai_errors(compat.list_models), methods=["GET"]),
         Route("/v1/models/{model}", _openai_errors(compat.retrieve_model), methods=["GET"]),
     ]

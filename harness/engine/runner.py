@@ -1,8 +1,17 @@
 """One llama.cpp runner per loaded model: a child process serving xllamacpp's HTTP API on a loopback port.
 
-Child side: `python -m harness.engine.runner --model PATH --ctx N --parallel P [--threads T] [--batch B]`
-loads the model into `xllamacpp.Server`, prints `READY <url>` on stdout and waits for SIGTERM/SIGINT.
-On a load failure llama.cpp's own lines are on stderr and the child exits 1 (or dies of the abort).
+Child side: `python -m harness.engine.runner --model PATH --ctx N --parallel P [--threads T] [--batch B]
+[--embedding [--pooling last]]` loads the model into `xllamacpp.Server`, prints `READY <url>` on stdout and
+waits for SIGTERM/SIGINT. On a load failure llama.cpp's own lines are on stderr and the child exits 1 (or
+dies of the abort).
+
+Embeddings (llama-server's `--embeddings`) are on only in runners started for an embedding request: they
+cost memory (llama.cpp reserves outputs for a whole batch: the compute buffer of the tiny fixture grows from
+1.64 to 1.87 MiB, and /api/ps shows it). Such a runner still serves completions, unchanged: llama-server
+switches between logits and embeddings per batch. The pooling is the GGUF's own `<arch>.pooling_type` when
+it has one, else `last`: the last token's hidden state, what Ollama's llama.cpp runner returned for models
+without a pooling type (runner/llamarunner `GetEmbeddingsIth(seq.iBatch)`). Ollama 0.30+ starts llama-server
+with `--embedding` only for GGUFs with a pooling type, and answers 501 for the others.
 
 Front side: `RunnerProcess` starts the child with its stderr kept in a log file, dies with the engine
 (PR_SET_PDEATHSIG), streams `/completion` over httpx, and turns a failed start into Ollama 0.33's message
@@ -76,6 +85,23 @@ class RunnerLoadError(RuntimeError):
 
 class RunnerDiedError(RuntimeError):
     """The runner process exited while serving a request."""
+
+
+def embedding_pooling(model_path: Path) -> str | None:
+    """The `--pooling` a runner needs for embeddings: None when the GGUF names its own pooling type (llama.cpp
+    reads it), else `last`. None too for an unreadable file: llama.cpp reports that better."""
+    # Here, not at the top: the runner child imports this module and must not pay for the GGUF reader.
+    from harness.errors import GGUFReadError
+    from harness.gguf.reader import read_gguf_header
+
+    try:
+        header = read_gguf_header(model_path)
+    except GGUFReadError:
+        return None
+    architecture = header.value("general.architecture")
+    if not isinstance(architecture, str) or header.value(f"{architecture}.pooling_type") is not None:
+        return None
+    return "last"
 
 
 class RunnerRequestError(RuntimeError):
@@ -160,8 +186,10 @@ class RunnerProcess:
         n_batch: int,
         log_dir: Path,
         timeout_s: float,
+        embedding: bool = False,
     ) -> RunnerProcess:
-        """Start a runner and wait until its model is loaded; raise RunnerLoadError with the cause."""
+        """Start a runner (with embeddings on if `embedding`) and wait until its model is loaded; raise
+        RunnerLoadError with the cause."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"runner-{os.getpid()}-{time.monotonic_ns()}.log"
         command = [
@@ -179,6 +207,9 @@ class RunnerProcess:
             "--batch",
             str(n_batch),
         ]
+        if embedding:
+            pooling = embedding_pooling(model_path)
+            command += ["--embedding", *(["--pooling", pooling] if pooling else [])]
         with log_path.open("wb") as stderr_file:
             process = await asyncio.create_subprocess_exec(
                 *command,
@@ -273,12 +304,52 @@ class RunnerProcess:
                             raise RunnerRequestError(500, _error_text(json.dumps(event).encode()))
                         yield event
         except (httpx.TransportError, httpx.StreamError) as error:
-            await asyncio.sleep(0.05)  # let asyncio see an exit that caused the error
-            if not self.alive():
-                raise RunnerDiedError(self.death_message()) from error
-            raise RunnerRequestError(
-                500, f"an error was encountered while running the model: {error}"
-            ) from error
+            raise await self._transport_failure(error) from error
+
+    async def embedding(self, text: str | list[int], *, normalize: bool = True) -> tuple[list[float], int]:
+        """llama-server's embedding of a text or of token ids taken as they are (`/v1/embeddings`,
+        L2-normalized unless `normalize` is False) and the number of tokens it read. Raises like
+        `completion`."""
+        body: dict[str, Any] = {"input": text}
+        if not normalize:
+            body["embd_normalize"] = -1
+        answer = await self._post_json("/v1/embeddings", body)
+        data = answer.get("data") or [{}]
+        usage = answer.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or data[0].get("tokens_evaluated") or 0)
+        return list(data[0].get("embedding") or []), tokens
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """llama-server's tokens of `text` (`/tokenize`), with the BOS/EOS the model adds if `add_special`."""
+        answer = await self._post_json("/tokenize", {"content": text, "add_special": add_special})
+        return list(answer["tokens"])
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON request and return the JSON answer; a refusal raises RunnerRequestError with
+        llama-server's status and message. A pooled connection dropped before the answer (see
+        `_post_completion`) is retried once: these requests have no side effects."""
+        try:
+            try:
+                response = await self.client.post(path, json=body)
+            except httpx.TransportError as error:
+                if isinstance(error, httpx.TimeoutException) or not self.alive():
+                    raise
+                response = await self.client.post(path, json=body)
+        except httpx.TransportError as error:
+            raise await self._transport_failure(error) from error
+        if response.status_code != 200:
+            message = _error_text(response.content) or f"llama-server answered {response.status_code}"
+            raise RunnerRequestError(response.status_code, message)
+        answer = response.json()
+        return answer if isinstance(answer, dict) else {"data": answer}
+
+    async def _transport_failure(self, error: Exception) -> RuntimeError:
+        """The error for a broken connection: RunnerDiedError when the process exited, else
+        RunnerRequestError (500)."""
+        await asyncio.sleep(0.05)  # let asyncio see an exit that caused the error
+        if not self.alive():
+            return RunnerDiedError(self.death_message())
+        return RunnerRequestError(500, f"an error was encountered while running the model: {error}")
 
     async def _post_completion(
         self, stack: contextlib.AsyncExitStack, body: dict[str, Any]
@@ -356,6 +427,11 @@ def _serve(args: argparse.Namespace) -> int:
     params.n_parallel = args.parallel
     params.kv_unified = False
     params.n_batch = args.batch
+    params.embedding = args.embedding
+    if args.pooling:
+        params.pooling_type = getattr(
+            xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}"
+        )
     if args.threads > 0:
         params.cpuparams.n_threads = args.threads
         params.cpuparams_batch.n_threads = args.threads
@@ -381,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--embedding", action="store_true")
+    parser.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"], default=None)
     return _serve(parser.parse_args(argv))
 
 

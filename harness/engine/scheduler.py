@@ -8,7 +8,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,14 @@ class LoadOptions:
     num_ctx: int
     num_batch: int
     num_thread: int
+    embedding: bool = False  # llama-server's --embeddings (asked for by the embedding endpoints)
+
+    def serves(self, wanted: LoadOptions) -> bool:
+        """Whether a runner loaded with these options serves a request that wants `wanted`: the same options,
+        except that a runner with embeddings on serves requests without them too."""
+        return replace(self, embedding=wanted.embedding) == wanted and (
+            self.embedding or not wanted.embedding
+        )
 
 
 @dataclass(frozen=True)
@@ -74,9 +82,8 @@ class LoadedModel:
         return self.runner.alive() and not self.broken
 
     def matches(self, request: ModelRequest) -> bool:
-        return (
-            self.request.model_path == request.model_path
-            and self.request.load_options == request.load_options
+        return self.request.model_path == request.model_path and self.request.load_options.serves(
+            request.load_options
         )
 
     def ps_entry(self) -> dict[str, Any]:
@@ -187,6 +194,7 @@ class Scheduler:
             n_batch=options.num_batch,
             log_dir=self.log_dir,
             timeout_s=self.config.load_timeout_s,
+            embedding=options.embedding,
         )
         return LoadedModel(request, runner, self.config.num_parallel, time.monotonic() - started)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import ollama
 import pytest
 
@@ -16,6 +17,7 @@ from harness.testing import one_thread_engine
 
 ORACLE_PROMPT = "hello the"
 ORACLE_REPLY = " is two one."
+GREEDY = {"temperature": 0, "top_k": 1, "seed": 1}
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,15 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEngine]
 @pytest.fixture(scope="module")
 def client(engine: EmbeddedEngine) -> ollama.Client:
     return ollama.Client(host=engine.url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tiny_and_oracle(client: ollama.Client, tiny_gguf: BuiltModel, oracle_gguf: BuiltModel) -> None:
+    """Models "tiny" (random weights) and "oracle" (known greedy reply) on the module's engine."""
+    create_from_gguf(client, "tiny", tiny_gguf.path)
+    create_from_gguf(client, "oracle", oracle_gguf.path)
+
+
+def post(engine: EmbeddedEngine, path: str, **kwargs: object) -> httpx.Response:
+    """POST to one of the engine's paths."""
+    return httpx.post(f"{engine.url}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]

@@ -16,21 +16,9 @@ from harness.gguf.build import BuiltModel
 from harness.memory import estimate_model_memory
 from harness.testing import runner_pids
 
-from .conftest import ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf
+from .conftest import GREEDY, ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf, post
 
-pytestmark = pytest.mark.timeout(120)
-
-GREEDY = {"temperature": 0, "top_k": 1, "seed": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def models(client: ollama.Client, tiny_gguf: BuiltModel, oracle_gguf: BuiltModel) -> None:
-    create_from_gguf(client, "tiny", tiny_gguf.path)
-    create_from_gguf(client, "oracle", oracle_gguf.path)
-
-
-def post(engine: EmbeddedEngine, path: str, **kwargs: object) -> httpx.Response:
-    return httpx.post(f"{engine.url}{path}", timeout=60, **kwargs)  # type: ignore[arg-type]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("tiny_and_oracle")]
 
 
 # --- root, version ---------------------------------------------------------------------------------------
