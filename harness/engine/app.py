@@ -242,8 +242,9 @@ class Engine:
 
     async def runners(self, request: Request) -> Response:
         """Debug only (not part of Ollama's API): the runner processes, their pids, resident memory
-        (`rss_bytes`) and llama.cpp's logged buffer total (`buffer_bytes`, what /api/ps reports)."""
-        return JSONResponse({"runners": self.scheduler.runner_pids()})
+        (`rss_bytes`) and llama.cpp's logged buffer total (`buffer_bytes`, what /api/ps reports); and how
+        many requests are waiting for a slot or a load (`pending`, what OLLAMA_MAX_QUEUE bounds)."""
+        return JSONResponse({"runners": self.scheduler.runner_pids(), "pending": self.scheduler.pending})
 
     async def show(self, request: Request) -> Response:
         return await self.handle_show(await _body(request))

@@ -82,8 +82,8 @@ def test_queue_overflow_answers_503(parallel_engine: EmbeddedEngine) -> None:
         thread = threading.Thread(target=stream_times, args=(client, "long", results, key, started, LONGER))
         thread.start()
         threads.append(thread)
-        if key == "c":
-            time.sleep(0.15)  # c waits for a slot: the queue is now full
+        if key == "c":  # c waits for a slot: the queue is now full
+            assert wait_until(lambda: _pending(parallel_engine) == 1, timeout=10)
         else:
             assert started.wait(10)
     with pytest.raises(ollama.ResponseError) as caught:
@@ -109,12 +109,13 @@ def small_engine(
 
 def test_keep_alive_expiry_unloads(small_engine: EmbeddedEngine) -> None:
     client = ollama.Client(host=small_engine.url, timeout=60)
-    client.generate(model="tiny", prompt="hello", options={"num_predict": 2}, keep_alive="1s")
+    client.generate(model="tiny", prompt="", keep_alive=-1)  # loaded for good: its pid can be read at leisure
     pid = runner_pids(small_engine)["tiny:latest"]
+    client.generate(model="tiny", prompt="hello", options={"num_predict": 2}, keep_alive="2s")
     entry = next(m for m in client.ps().models if m.model == "tiny:latest")
-    assert entry.expires_at is not None
-    assert wait_until(lambda: not client.ps().models, timeout=5)
-    assert wait_until(lambda: not alive(pid), timeout=5)
+    assert entry.expires_at is not None and entry.expires_at.year < 2200
+    assert wait_until(lambda: not client.ps().models, timeout=10)
+    assert wait_until(lambda: not alive(pid), timeout=10)
 
 
 def test_negative_keep_alive_means_forever(small_engine: EmbeddedEngine) -> None:
@@ -192,3 +193,8 @@ def test_client_disconnect_frees_the_slot(small_engine: EmbeddedEngine) -> None:
         next(response.iter_lines())
     reply = client.generate(model="tiny", prompt="hello", options={"num_predict": 2})
     assert reply.done and reply.eval_count == 2
+
+
+def _pending(engine: EmbeddedEngine) -> int:
+    """Requests waiting in the engine's queue (its debug endpoint)."""
+    return int(httpx.get(f"{engine.url}/harness/runners", timeout=5).json()["pending"])
