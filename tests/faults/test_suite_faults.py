@@ -78,8 +78,9 @@ class SuiteRun:
         """`latest`, when present, resolves to a run folder whose run.json parses whole."""
         latest = self.reports / "latest"
         if latest.is_symlink():
-            meta = json.loads((latest.resolve() / "run.json").read_text())
-            assert meta["run_id"] == latest.resolve().name
+            target = latest.resolve()  # once: another run may point `latest` elsewhere at any moment
+            meta = json.loads((target / "run.json").read_text())
+            assert meta["run_id"] == target.name
             self.latest_checks += 1
 
     def wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
