@@ -115,9 +115,8 @@ def normalize(vector: Sequence[float] | np.ndarray) -> np.ndarray:
     values = np.asarray(vector, dtype=np.float32)
     if not np.all(np.isfinite(values)):
         raise EmbeddingError("embedding contains NaN or Inf values")
-    total = np.float32(0)
-    for value in values:  # Ollama sums in float32, in order
-        total = np.float32(total + value * value)
+    # Ollama sums the squares in float32, in order: cumsum adds sequentially (sum would add pairwise).
+    total = np.cumsum(values * values, dtype=np.float32)[-1] if len(values) else np.float32(0)
     scale = np.float32(1.0 / max(float(np.sqrt(np.float64(total))), 1e-12))
     return values * scale
 
