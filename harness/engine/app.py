@@ -549,6 +549,23 @@ def _handler(method: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
+NO_REGISTRY = {
+    "/api/pull": "pull model manifest: the embedded engine has no registry to pull from; "
+    "create the model from a GGUF file instead (POST /api/blobs/:digest, then /api/create with files)",
+    "/api/push": "the embedded engine has no registry to push to; push from a real Ollama server",
+}
+
+
+async def _no_registry(request: Request) -> Response:
+    """/api/pull and /api/push: this engine has no registry, and says so (Ollama would try the network)."""
+    return _error(500, NO_REGISTRY[request.url.path])
+
+
+async def _page_not_found(request: Request, exc: Exception) -> Response:
+    """Go's router answer to an unknown path or method (Ollama's gin does not answer 405)."""
+    return PlainTextResponse("404 page not found", status_code=404)
+
+
 def build_app(config: EngineConfig) -> Starlette:
     """The ASGI app; runners are stopped when the app shuts down."""
     engine = Engine(config)
@@ -577,8 +594,11 @@ def build_app(config: EngineConfig) -> Starlette:
         Route("/api/embed", _handler(engine.embed), methods=["POST"]),
         Route("/api/embeddings", _handler(engine.legacy_embeddings), methods=["POST"]),
         Route("/harness/runners", _handler(engine.runners), methods=["GET"]),
+        *(Route(path, _no_registry, methods=["POST"]) for path in NO_REGISTRY),
         *openai_routes(engine),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: _page_not_found, 405: _page_not_found}
+    )
     app.state.engine = engine
     return app
