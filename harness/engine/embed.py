@@ -38,15 +38,7 @@ import numpy as np
 from starlette.responses import JSONResponse, Response
 
 from harness.engine.create import ApiError
-from harness.engine.openai_compat import (
-    ANY,
-    BOOL,
-    INT,
-    STRING,
-    GoField,
-    OpenAIRequestError,
-    check_field_types,
-)
+from harness.engine.godecode import ANY, BOOL, INT, STRING, GoDecodeError, GoField, check_field_types
 from harness.engine.runner import RunnerDiedError, RunnerProcess, RunnerRequestError
 
 if TYPE_CHECKING:
@@ -90,8 +82,8 @@ def check_types(body: Mapping[str, Any], fields: Mapping[str, GoField], struct: 
     """Raise a 400 ApiError with Go's unmarshal text for a field of the wrong JSON type."""
     try:
         check_field_types(body, fields, struct)
-    except OpenAIRequestError as error:
-        raise ApiError(400, error.message) from None
+    except GoDecodeError as error:
+        raise ApiError(400, str(error)) from None
 
 
 def embed_inputs(value: Any) -> list[str]:

@@ -55,7 +55,6 @@ import json
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +64,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from harness.engine.create import ApiError
+from harness.engine.godecode import (
+    ANY,
+    BOOL,
+    FLOAT32,
+    FLOAT64,
+    INT,
+    STRING,
+    GoDecodeError,
+    GoField,
+    check_field_types,
+    go_dynamic_type,
+    json_kind,
+)
 from harness.engine.names import InvalidNameError, ModelName
 
 if TYPE_CHECKING:
@@ -96,20 +108,9 @@ def forwarded_error(status: int, message: str) -> JSONResponse:
     return error_response(status, message, "api_error")
 
 
-# --- request checks: Go's JSON decoding of Ollama's request structs -------------------------------------
+# --- the request structs Ollama decodes (harness.engine.godecode checks them) -------------------------
 
 
-@dataclass(frozen=True)
-class GoField:
-    """A request field as Go decodes it: its Go type and, for objects (or lists of them), their fields."""
-
-    go_type: str
-    item_type: str = ""
-    fields: Mapping[str, GoField] = field(default_factory=dict)
-
-
-STRING, BOOL, INT, ANY = GoField("string"), GoField("bool"), GoField("int"), GoField("any")
-FLOAT64, FLOAT32 = GoField("float64"), GoField("float32")
 STREAM_OPTIONS = GoField("openai.StreamOptions", "openai.StreamOptions", {"include_usage": BOOL})
 CHAT_REQUEST_FIELDS: Mapping[str, GoField] = {
     "model": STRING,
@@ -172,69 +173,6 @@ EMBED_REQUEST_FIELDS: Mapping[str, GoField] = {
 ENCODING_FORMATS = ("float", "base64")
 
 
-def _json_kind(value: Any) -> str:
-    """The JSON kind of a value as Go's unmarshal errors name it."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-def _go_dynamic_type(value: Any) -> str:
-    """Go's `%T` of a value decoded into `any`."""
-    if value is None:
-        return "<nil>"
-    kind = _json_kind(value)
-    return {"number": "float64", "array": "[]interface {}", "object": "map[string]interface {}"}.get(
-        kind, kind
-    )
-
-
-def _fits(go_type: str, value: Any) -> bool:
-    if go_type == "any":
-        return True
-    if go_type.startswith("[]"):
-        return isinstance(value, list)
-    kind = _json_kind(value)
-    if go_type == "int":
-        return kind == "number" and isinstance(value, int)
-    if go_type.startswith("float"):
-        return kind == "number"
-    if go_type in ("string", "bool"):
-        return kind == go_type
-    return kind == "object"
-
-
-def _type_error(value: Any, where: str, go_type: str) -> OpenAIRequestError:
-    kind = _json_kind(value)
-    if kind == "number" and go_type == "int":
-        kind = f"number {json.dumps(value)}"
-    return OpenAIRequestError(f"json: cannot unmarshal {kind} into Go struct field {where} of type {go_type}")
-
-
-def check_field_types(data: Mapping[str, Any], fields: Mapping[str, GoField], where: str) -> None:
-    """Raise Go's unmarshal error for the first field whose value does not fit its Go type (nulls and
-    unknown fields are ignored, as Go ignores them)."""
-    for key, value in data.items():
-        spec = fields.get(key)
-        if spec is None or value is None:
-            continue
-        path = f"{where}.{key}"
-        if not _fits(spec.go_type, value):
-            raise _type_error(value, path, spec.go_type)
-        if not spec.fields:
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if item is None:
-                continue
-            if not isinstance(item, dict):
-                raise _type_error(item, path, spec.item_type)
-            check_field_types(item, spec.fields, path)
-
-
 async def read_openai_body(request: Request, struct: str, fields: Mapping[str, GoField]) -> dict[str, Any]:
     """The request's JSON object, checked against the Go struct Ollama decodes it into."""
     raw = await request.body()
@@ -247,8 +185,11 @@ async def read_openai_body(request: Request, struct: str, fields: Mapping[str, G
     if data is None:  # Go decodes `null` into a zero request
         data = {}
     if not isinstance(data, dict):
-        raise OpenAIRequestError(f"json: cannot unmarshal {_json_kind(data)} into Go value of type {struct}")
-    check_field_types(data, fields, struct.removeprefix("openai."))
+        raise OpenAIRequestError(f"json: cannot unmarshal {json_kind(data)} into Go value of type {struct}")
+    try:
+        check_field_types(data, fields, struct.removeprefix("openai."))
+    except GoDecodeError as error:
+        raise OpenAIRequestError(str(error)) from None
     return data
 
 
@@ -291,7 +232,7 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             converted.append({"role": role, "content": content})
             continue
         if not isinstance(content, list):
-            raise OpenAIRequestError(f"invalid message content type: {_go_dynamic_type(content)}")
+            raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
         for part in content:
             if not isinstance(part, dict):
                 raise OpenAIRequestError("invalid message format")
@@ -312,7 +253,7 @@ def _stop_option(stop: Any, *, strict: bool) -> list[str] | None:
         return None
     for item in stop:
         if strict and not isinstance(item, str):
-            raise OpenAIRequestError(f"invalid type for 'stop' field: {_go_dynamic_type(item)}")
+            raise OpenAIRequestError(f"invalid type for 'stop' field: {go_dynamic_type(item)}")
     return [item for item in stop if isinstance(item, str)] or None
 
 
