@@ -135,10 +135,19 @@ def one_thread_engine(models_dir: Path, env: Mapping[str, str] | None = None) ->
     )
 
 
+def _debug_state(engine: EmbeddedEngine) -> dict[str, Any]:
+    """The engine's debug endpoint GET /harness/runners: its runners and its queue."""
+    return dict(httpx.get(f"{engine.url}/harness/runners", timeout=5).json())
+
+
 def runner_pids(engine: EmbeddedEngine) -> dict[str, int]:
-    """model name -> runner pid, from the engine's debug endpoint GET /harness/runners."""
-    runners = httpx.get(f"{engine.url}/harness/runners", timeout=5).json()["runners"]
-    return {runner["model"]: runner["pid"] for runner in runners}
+    """model name -> runner pid."""
+    return {runner["model"]: runner["pid"] for runner in _debug_state(engine)["runners"]}
+
+
+def pending_requests(engine: EmbeddedEngine) -> int:
+    """Requests waiting in the engine's queue for a slot or a load."""
+    return int(_debug_state(engine)["pending"])
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
-from harness.testing import alive, runner_pids, wait_until
+from harness.testing import alive, pending_requests, runner_pids, wait_until
 
 from .conftest import create_from_gguf, make_engine
 
@@ -83,7 +83,7 @@ def test_queue_overflow_answers_503(parallel_engine: EmbeddedEngine) -> None:
         thread.start()
         threads.append(thread)
         if key == "c":  # c waits for a slot: the queue is now full
-            assert wait_until(lambda: _pending(parallel_engine) == 1, timeout=10)
+            assert wait_until(lambda: pending_requests(parallel_engine) == 1, timeout=10)
         else:
             assert started.wait(10)
     with pytest.raises(ollama.ResponseError) as caught:
@@ -193,8 +193,3 @@ def test_client_disconnect_frees_the_slot(small_engine: EmbeddedEngine) -> None:
         next(response.iter_lines())
     reply = client.generate(model="tiny", prompt="hello", options={"num_predict": 2})
     assert reply.done and reply.eval_count == 2
-
-
-def _pending(engine: EmbeddedEngine) -> int:
-    """Requests waiting in the engine's queue (its debug endpoint)."""
-    return int(httpx.get(f"{engine.url}/harness/runners", timeout=5).json()["pending"])
