@@ -168,9 +168,13 @@ def test_rss_of_is_anon_plus_file_in_bytes() -> None:
 
 @pytest.fixture
 def parent_with_child() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    # The parent names its child only once the child says it is up: read straight after exec, a child's RSS
+    # is still the loader's few hundred KiB.
     code = (
         "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; print(1, flush=True); time.sleep(60)'],\n"
+        "                         stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
