@@ -365,7 +365,8 @@ class RssSample:
 class MemorySampler:
     """Samples a pid's resident memory every `interval_s` in a background thread (a context manager).
 
-    Sampling stops quietly when the process exits; `samples` keeps what was seen.
+    One sample is taken on entry and one on exit, so a live process always gives at least two. Sampling
+    stops quietly when the process exits; `samples` keeps what was seen.
     """
 
     def __init__(self, pid: int, *, interval_s: float = 0.1) -> None:
@@ -392,13 +393,14 @@ class MemorySampler:
         return sample
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval_s):
             if self.sample() is None:
                 return
-            self._stop.wait(self.interval_s)
 
     def __enter__(self) -> MemorySampler:
+        """Sample once now (the thread may start late on a busy machine), then every `interval_s`."""
         self._t0 = time.monotonic()
+        self.sample()
         self._thread.start()
         return self
 

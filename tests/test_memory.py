@@ -172,8 +172,10 @@ def parent_with_child() -> Iterator[tuple[subprocess.Popen[str], int]]:
     # is still the loader's few hundred KiB.
     code = (
         "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; print(1, flush=True); time.sleep(60)'],\n"
-        "                         stdout=subprocess.PIPE)\n"
+        "child = subprocess.Popen(\n"
+        "    [sys.executable, '-c', 'import time; print(1, flush=True); time.sleep(60)'],\n"
+        "    stdout=subprocess.PIPE,\n"
+        ")\n"
         "child.stdout.readline()\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -21,7 +21,7 @@ from .conftest import SilentServer
 
 pytestmark = pytest.mark.timeout(30)
 
-SLACK_S = 1.5  # how late past its limit a timeout may fire on a busy 2-core machine
+SLACK_S = 3.0  # how late past its limit a timeout may fire on a busy 2-core machine
 
 
 def test_generate_stall_names_the_request_and_the_wait(silent_server: SilentServer) -> None:
