@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from harness.gguf.build import BuiltModel, build_cached
 from harness.gguf.spec import load_profile
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the processes the tests start a default SIGINT, as a terminal's foreground job has.
+
+    A shell without job control (CI scripts, `cmd &`) starts background jobs with SIGINT ignored; the runs
+    the tests start would inherit that, and the Ctrl-C tests would wait on a signal that never lands.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

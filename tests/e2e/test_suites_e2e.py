@@ -269,7 +269,11 @@ def test_an_interrupted_run_is_kept_incomplete_and_leaves_no_server(tmp_path: Pa
         assert time.monotonic() < deadline and process.poll() is None, "the run did not start"
         time.sleep(0.2)
     process.send_signal(signum)
-    output, _ = process.communicate(timeout=30)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"the run went on 30 s after the signal:\n{process.communicate()[0]}") from None
     run = only_run(reports)
     assert run.status == "incomplete", output
     assert "interrupted" in (run.incomplete_reason or "") or "SIGTERM" in (run.incomplete_reason or "")
