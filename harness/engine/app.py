@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from harness import __version__
+from harness.engine.access import AccessMiddleware, allowed_origins
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
 from harness.engine.embed import Embeddings
@@ -24,6 +25,7 @@ from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.openai_compat import openai_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
+from harness.engine.routing import gin_route, method_not_allowed, page_not_found
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
 from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
 from harness.engine.store import (
@@ -561,11 +563,6 @@ async def _no_registry(request: Request) -> Response:
     return _error(500, NO_REGISTRY[request.url.path])
 
 
-async def _page_not_found(request: Request, exc: Exception) -> Response:
-    """Go's router answer to an unknown path or method (Ollama's gin does not answer 405)."""
-    return PlainTextResponse("404 page not found", status_code=404)
-
-
 def build_app(config: EngineConfig) -> Starlette:
     """The ASGI app; runners are stopped when the app shuts down."""
     engine = Engine(config)
@@ -579,26 +576,32 @@ def build_app(config: EngineConfig) -> Starlette:
             await engine.shutdown()
 
     routes = [
-        Route("/", _handler(engine.root), methods=["GET", "HEAD"]),
-        Route("/api/version", _handler(engine.version), methods=["GET", "HEAD"]),
-        Route("/api/tags", _handler(engine.tags), methods=["GET", "HEAD"]),
-        Route("/api/ps", _handler(engine.ps), methods=["GET"]),
-        Route("/api/show", _handler(engine.show), methods=["POST"]),
-        Route("/api/delete", _handler(engine.delete), methods=["DELETE"]),
-        Route("/api/copy", _handler(engine.copy), methods=["POST"]),
-        Route("/api/blobs/{digest}", _handler(engine.head_blob), methods=["HEAD"]),
-        Route("/api/blobs/{digest}", _handler(engine.create_blob), methods=["POST"]),
-        Route("/api/create", _handler(engine.create), methods=["POST"]),
-        Route("/api/generate", _handler(engine.generate), methods=["POST"]),
-        Route("/api/chat", _handler(engine.chat), methods=["POST"]),
-        Route("/api/embed", _handler(engine.embed), methods=["POST"]),
-        Route("/api/embeddings", _handler(engine.legacy_embeddings), methods=["POST"]),
-        Route("/harness/runners", _handler(engine.runners), methods=["GET"]),
-        *(Route(path, _no_registry, methods=["POST"]) for path in NO_REGISTRY),
+        gin_route("/", _handler(engine.root), ["GET", "HEAD"]),
+        gin_route("/api/version", _handler(engine.version), ["GET", "HEAD"]),
+        gin_route("/api/tags", _handler(engine.tags), ["GET", "HEAD"]),
+        gin_route("/api/ps", _handler(engine.ps), ["GET"]),
+        gin_route("/api/show", _handler(engine.show), ["POST"]),
+        gin_route("/api/delete", _handler(engine.delete), ["DELETE"]),
+        gin_route("/api/copy", _handler(engine.copy), ["POST"]),
+        gin_route("/api/blobs/{digest}", _handler(engine.head_blob), ["HEAD"]),
+        gin_route("/api/blobs/{digest}", _handler(engine.create_blob), ["POST"]),
+        gin_route("/api/create", _handler(engine.create), ["POST"]),
+        gin_route("/api/generate", _handler(engine.generate), ["POST"]),
+        gin_route("/api/chat", _handler(engine.chat), ["POST"]),
+        gin_route("/api/embed", _handler(engine.embed), ["POST"]),
+        gin_route("/api/embeddings", _handler(engine.legacy_embeddings), ["POST"]),
+        gin_route("/harness/runners", _handler(engine.runners), ["GET"]),
+        *(gin_route(path, _no_registry, ["POST"]) for path in NO_REGISTRY),
         *openai_routes(engine),
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={404: _page_not_found, 405: _page_not_found}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: page_not_found, 405: method_not_allowed},
+        middleware=[
+            Middleware(AccessMiddleware, bind_host=config.host, origins=allowed_origins(config.origins))
+        ],
     )
+    app.router.redirect_slashes = False  # gin's trailing-slash redirect is routing.page_not_found's
     app.state.engine = engine
     return app

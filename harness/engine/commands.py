@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.engine.config import EngineConfig, parse_host
 from harness.engine.runner import set_parent_death_signal
+from harness.errors import HarnessError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the embedded Ollama-compatible engine (llama.cpp runners, Ollama's REST API)",
         description="Serve Ollama's REST API from this machine with llama.cpp runners. Settings come from "
         "OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NUM_PARALLEL, OLLAMA_MAX_LOADED_MODELS, "
-        "OLLAMA_MAX_QUEUE and OLLAMA_CONTEXT_LENGTH; the options below override them.",
+        "OLLAMA_MAX_QUEUE, OLLAMA_CONTEXT_LENGTH and OLLAMA_ORIGINS; the options below override them.",
     )
     add_serve_arguments(parser)
     parser.set_defaults(func=serve)
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     set_parent_death_signal()
     parser = argparse.ArgumentParser(prog="python -m harness.engine.commands")
     add_serve_arguments(parser)
-    return serve(parser.parse_args(argv))
+    try:
+        return serve(parser.parse_args(argv))
+    except HarnessError as error:  # a bad setting, e.g. OLLAMA_ORIGINS: say so, no traceback
+        print(f"harness serve: error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

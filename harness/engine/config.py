@@ -99,12 +99,14 @@ class EngineConfig:
     context_length: int = 4096
     num_thread: int = 0
     load_timeout_s: float = 300.0
+    origins: str = ""  # OLLAMA_ORIGINS as given: extra allowed origins, comma-separated (see access.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineConfig:
         """Read OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NUM_PARALLEL, OLLAMA_MAX_LOADED_MODELS,
         OLLAMA_MAX_QUEUE, OLLAMA_CONTEXT_LENGTH, OLLAMA_LOAD_TIMEOUT (invalid values warn, use defaults),
-        and this engine's own HARNESS_NUM_THREAD (runner threads when a request sets no num_thread)."""
+        OLLAMA_ORIGINS, and this engine's own HARNESS_NUM_THREAD (runner threads when a request sets no
+        num_thread)."""
         env = os.environ if env is None else env
         host, port = parse_host(env.get("OLLAMA_HOST", "") or f"127.0.0.1:{DEFAULT_PORT}")
         models = env.get("OLLAMA_MODELS", "").strip().strip("\"'")
@@ -134,4 +136,5 @@ class EngineConfig:
             context_length=context_length if context_length > 0 else 4096,
             num_thread=max(0, _env_int(env, "HARNESS_NUM_THREAD", 0)),
             load_timeout_s=load_timeout,
+            origins=env.get("OLLAMA_ORIGINS", ""),
         )

@@ -78,6 +78,7 @@ from harness.engine.godecode import (
     json_kind,
 )
 from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.routing import gin_route
 
 if TYPE_CHECKING:
     from harness.engine.app import Engine
@@ -677,9 +678,9 @@ def openai_routes(engine: Engine) -> list[Route]:
     """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
     compat = OpenAICompat(engine)
     return [
-        Route("/v1/chat/completions", _openai_errors(compat.chat_completions), methods=["POST"]),
-        Route("/v1/completions", _openai_errors(compat.completions), methods=["POST"]),
-        Route("/v1/embeddings", _openai_errors(compat.embeddings), methods=["POST"]),
-        Route("/v1/models", _openai_errors(compat.list_models), methods=["GET"]),
-        Route("/v1/models/{model}", _openai_errors(compat.retrieve_model), methods=["GET"]),
+        gin_route("/v1/chat/completions", _openai_errors(compat.chat_completions), ["POST"]),
+        gin_route("/v1/completions", _openai_errors(compat.completions), ["POST"]),
+        gin_route("/v1/embeddings", _openai_errors(compat.embeddings), ["POST"]),
+        gin_route("/v1/models", _openai_errors(compat.list_models), ["GET"]),
+        gin_route("/v1/models/{model}", _openai_errors(compat.retrieve_model), ["GET"]),
     ]

@@ -370,12 +370,6 @@ def test_prompt_longer_than_the_context_is_refused(client: ollama.Client) -> Non
     assert caught.value.status_code == 400 and "context" in caught.value.error
 
 
-def test_unknown_paths_and_methods_get_gos_404(engine: EmbeddedEngine) -> None:
-    for method, path in (("GET", "/api/nothing"), ("GET", "/api/generate"), ("DELETE", "/api/tags")):
-        answer = httpx.request(method, f"{engine.url}{path}", timeout=10)
-        assert (answer.status_code, answer.text) == (404, "404 page not found"), (method, path)
-
-
 def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as pulled:
         client.pull("llama3.2")
