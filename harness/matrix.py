@@ -3,8 +3,8 @@
 `pytest suites/ --matrix f32,f16,q8_0,q4_0` runs the suites once per type. A fixture profile is built in each
 type (`harness.gguf`); a user's F32/F16 GGUF (`--gguf`) is created as it is for its own type and, for the
 others, with the server quantizing at create (`quantize`). A type the server refuses gets skipped with its
-reason (the embedded engine writes f32, f16 and q8_0; Ollama also q4_K_M and q4_K_S; both only from an
-F16, BF16 or F32 file).
+reason (Ollama and the embedded engine write f32, f16, q8_0, q4_K_M and q4_K_S, only from an F16, BF16 or
+F32 file).
 
 This module plans the matrix (`parse_matrix`, `MatrixEntry`) and sums it up for `harness report`
 (`summarise_matrix`): per type accuracy, tokens/s, time to first token, `/api/ps` size and file size, with
@@ -108,7 +108,7 @@ def quantize_refusal(tensor_type: str, file_type: str | None, server_message: st
     source = f"the {file_type} file" if file_type else "the file"
     return QuantizeNotSupported(
         f"{tensor_type}: quantizing {source} at create is {NOT_SUPPORTED} ({server_message})",
-        "real Ollama quantizes F16/F32 files to q8_0, q4_K_M and q4_K_S; or build the file in that type",
+        "Ollama quantizes F16/BF16/F32 files to f32, f16, q8_0, q4_K_M, q4_K_S; or build the file in it",
     )
 
 

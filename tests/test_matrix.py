@@ -207,7 +207,7 @@ def test_kept_models_are_found_again_not_recreated(engine: Any, tmp_path: Path) 
 
 
 @pytest.mark.timeout(120)
-def test_the_embedded_engine_quantizes_to_q8_0_and_refuses_k_quants_saying_so(
+def test_the_embedded_engine_quantizes_to_q8_0_and_q4_k_m_and_refuses_q4_0_saying_so(
     engine: Any, tmp_path: Path
 ) -> None:
     f32 = build_cached(load_profile("oracle").replace(tensor_type="f32"))
@@ -223,8 +223,10 @@ def test_the_embedded_engine_quantizes_to_q8_0_and_refuses_k_quants_saying_so(
             q8.name, oracle.prompt, raw=True, options={"temperature": 0, "num_predict": 8}
         )
         assert reply.text == oracle.continuation  # the quantized model is the oracle still
+        q4_k_m = factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q4_K_M")
+        assert client.show(q4_k_m.name).details.quantization_level == "Q4_K_M"
         with pytest.raises(QuantizeNotSupported) as caught:
-            factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q4_K_M")
+            factory.from_gguf(f32.path, modelfile="fixture", tensor_type="q4_0")  # Ollama never writes q4_0
     message = caught.value.message
-    assert message.startswith(f"q4_K_M: quantizing the F32 file at create is {NOT_SUPPORTED}"), message
-    assert "quantization to Q4_K_M is not supported by this engine" in message
+    assert message.startswith(f"q4_0: quantizing the F32 file at create is {NOT_SUPPORTED}"), message
+    assert "unsupported quantization type Q4_0 - supported types are" in message

@@ -1,8 +1,8 @@
 """End to end: `pytest suites/ --matrix ...` on the embedded engine, and `harness report` on its run.
 
 Kept short with -k: the oracle profile in f32 and q4_0 (built in each type), and a user's F32 GGUF that the
-embedded engine quantizes to q8_0 at create but not to q4_K_M (a k-quant): that type is skipped with the
-reason.
+embedded engine quantizes to q8_0 and q4_K_M at create but not to q4_0 (Ollama quantizes to no q4_0): that
+type is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_the_server_quantizes_a_users_gguf_and_a_type_it_cannot_is_skipped_with_
         "--modelfile",
         "fixture",
         "--matrix",
-        "f32,q8_0,q4_K_M",
+        "f32,q8_0,q4_K_M,q4_0",
         "-k",
         "num_predict",
     )
@@ -82,11 +82,12 @@ def test_the_server_quantizes_a_users_gguf_and_a_type_it_cannot_is_skipped_with_
     tests = outcomes(run)
     assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[f32]"] == "passed"
     assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q8_0]"] == "passed"
-    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q4_K_M]"] == "skipped"
-    skipped = next(r for r in run.of_kind("test") if r["nodeid"].endswith("[q4_K_M]"))
-    assert NOT_SUPPORTED in skipped["message"] and "Q4_K_M" in skipped["message"], skipped
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q4_K_M]"] == "passed"
+    assert tests["suites/test_lifecycle.py::test_num_predict_is_exact[q4_0]"] == "skipped"
+    skipped = next(r for r in run.of_kind("test") if r["nodeid"].endswith("[q4_0]"))
+    assert NOT_SUPPORTED in skipped["message"] and "Q4_0" in skipped["message"], skipped
     entries = {e["tensor_type"]: e for e in run.meta["matrix"]["entries"]}
-    assert entries["q8_0"]["status"] == "ok" and entries["f32"]["status"] == "ok", entries
-    assert entries["q4_K_M"]["status"] == "skipped" and NOT_SUPPORTED in entries["q4_K_M"]["reason"]
+    assert {entries[t]["status"] for t in ("f32", "q8_0", "q4_K_M")} == {"ok"}, entries
+    assert entries["q4_0"]["status"] == "skipped" and NOT_SUPPORTED in entries["q4_0"]["reason"]
     quantized = next(m for m in run.meta["models"] if m["name"] == entries["q8_0"]["model"])
     assert quantized.get("quantize") == "q8_0", quantized

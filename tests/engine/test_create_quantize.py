@@ -1,4 +1,5 @@
-"""`/api/create` with `quantize` on the real engine: F32/F16 files re-typed at create, Ollama's refusals."""
+"""`/api/create` with `quantize` on the real engine: F32/F16 files re-typed at create (k-quants too), Ollama's
+refusals."""
 
 from __future__ import annotations
 
@@ -76,11 +77,6 @@ def test_quantize_from_an_existing_model_and_to_its_own_type(
             "unsupported quantization type Q4_0 - supported types are F32, F16, Q4_K_S, Q4_K_M, Q8_0",
         ),
         ("q8_0", "f16", "quantization is only supported for F16, BF16 and F32 models"),
-        (
-            "f16",
-            "q4_K_M",
-            "quantization to Q4_K_M is not supported by this engine: it writes F32, F16 and Q8_0",
-        ),
     ],
 )
 def test_refused_quantize_requests_get_a_500_naming_why(
@@ -90,3 +86,38 @@ def test_refused_quantize_requests_get_a_500_naming_why(
     answer = _create(engine, source.path, f"refused-{source_type}", quantize)
     assert answer.status_code == 500 and answer.json() == {"error": message}
     assert f"refused-{source_type}:latest" not in {m.model for m in client.list().models}
+
+
+@pytest.mark.parametrize("quantize", ["q4_K_M", "q4_K_S"])
+def test_k_quants_load_in_llama_cpp_and_keep_the_oracles_reply(
+    engine: EmbeddedEngine, client: ollama.Client, oracle_f32: BuiltModel, quantize: str
+) -> None:
+    """The oracle's 64-wide rows take the fallbacks (Q5_0, Q5_1, Q8_0); its margin keeps the exact reply."""
+    name = f"oracle-{quantize.lower()}"
+    statuses = [
+        u.status
+        for u in client.create(
+            model=name,
+            files={"model.gguf": client.create_blob(oracle_f32.path)},
+            quantize=quantize,
+            stream=True,
+        )
+    ]
+    assert f"quantizing F32 model to {quantize.upper()}" in statuses and statuses[-1] == "success"
+    shown = client.show(name)
+    assert shown.details is not None and shown.details.quantization_level == quantize.upper()
+    assert client.generate(name, ORACLE_PROMPT, raw=True, options=GREEDY).response == ORACLE_REPLY
+
+
+def test_q4_k_m_of_a_512_wide_model_has_real_k_quant_blocks_and_answers(
+    engine: EmbeddedEngine, client: ollama.Client
+) -> None:
+    f32 = build_cached(load_profile("so8t-lite").replace(tensor_type="f32"))
+    create = _create(engine, f32.path, "so8t-q4km", "Q4_K_M")
+    assert create.status_code == 200 and create.json() == {"status": "success"}
+    listed = httpx.post(f"{engine.url}/api/show", json={"model": "so8t-q4km", "verbose": True}, timeout=60)
+    types = {tensor["name"]: tensor["type"] for tensor in listed.json()["tensors"]}
+    assert types["blk.0.attn_q.weight"] == "Q4_K" and types["output.weight"] == "Q6_K"
+    assert types["blk.3.ffn_down.weight"] == "Q6_K" and types["blk.0.ffn_down.weight"] == "Q4_K"
+    reply = client.generate("so8t-q4km", "the", raw=True, options=GREEDY)
+    assert reply.done and reply.eval_count == GREEDY["num_predict"]
