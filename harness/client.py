@@ -221,7 +221,8 @@ class OllamaClient:
             if error.status_code == -1:
                 message = f"{where} reported an error during {request}: {error.error}"
             else:
-                message = f"{where} answered {request} with HTTP {error.status_code}: {error.error}"
+                said = f": {error.error}" if error.error.strip() else " and an empty body"
+                message = f"{where} answered {request} with HTTP {error.status_code}{said}"
             return OllamaRequestError(
                 message,
                 _status_hint(error.status_code, error.error),
@@ -660,6 +661,11 @@ def _status_hint(status: int, text: str) -> str:
         return "the server rejected the request as invalid; its message says what to fix"
     if status == 503:
         return "the server's queue is full; retry later or lower the concurrency"
+    if status == 403:
+        return (
+            "Ollama refuses a browser Origin outside OLLAMA_ORIGINS, and (on a loopback bind) a Host header "
+            "naming another machine: reach it as localhost or by IP address, or set OLLAMA_ORIGINS"
+        )
     if status == -1:
         return "the server failed part-way through; its log has the details"
     return "read the server's message; the server log may say more"

@@ -24,6 +24,12 @@ from harness.http_tls import verify_for
 
 DEFAULT_HOST = "127.0.0.1:11434"
 READY_TEXT = "Ollama is running"
+# Ollama's answer to a Host header it does not trust while it listens on loopback (a DNS-rebinding guard).
+FORBIDDEN_HOST = (
+    "HTTP 403 with an empty body: Ollama listens on loopback and refuses the Host header {host!r}; "
+    "reach it as localhost or by IP address, have the proxy send Host: localhost:11434, "
+    "or start Ollama with OLLAMA_HOST=0.0.0.0"
+)
 ENGINE_KINDS = ("ollama", "embedded")
 EMBEDDED_VERSION_TAG = "+harness"  # the embedded engine reports e.g. "0.33.0+harness.0.1.0"
 
@@ -63,6 +69,8 @@ def probe(url: str, *, timeout: float = 2.0) -> str | None:
         return f"no answer within {timeout:g} s"
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if response.status_code == 403 and not response.content:
+        return FORBIDDEN_HOST.format(host=response.request.headers.get("host", ""))
     if response.status_code != 200 or READY_TEXT not in response.text:
         return f"HTTP {response.status_code} {response.text[:80]!r} is not an Ollama server"
     return None

@@ -126,6 +126,15 @@ def test_http_error_carries_status_and_server_text(httpserver: HTTPServer, clien
     assert "create or pull" in error.value.hint
 
 
+def test_an_empty_403_says_what_ollama_refuses(httpserver: HTTPServer, client: OllamaClient) -> None:
+    httpserver.expect_request("/api/generate").respond_with_data("", status=403)
+    with pytest.raises(OllamaRequestError) as error:
+        client.generate("m", "hi")
+    assert error.value.status_code == 403
+    assert error.value.message.endswith("answered generate (model 'm') with HTTP 403 and an empty body")
+    assert "Origin outside OLLAMA_ORIGINS" in error.value.hint and "Host header" in error.value.hint
+
+
 # ---------------------------------------------------------------------------------------------- streaming
 
 

@@ -107,3 +107,14 @@ def test_nothing_answering_and_no_host_named_starts_the_embedded_engine(tmp_path
         pid = server.pid
     assert pid is not None
     assert server.why_down(timeout=1.0) is not None  # stopped with the block
+
+
+def test_probe_explains_ollamas_host_check_refusal(httpserver: HTTPServer) -> None:
+    """Ollama on loopback answers an untrusted Host header (e.g. from a reverse proxy) with an empty 403."""
+    httpserver.expect_request("/").respond_with_data("", status=403)
+    reason = probe(httpserver.url_for("").rstrip("/")) or ""
+    assert reason.startswith("HTTP 403 with an empty body: Ollama listens on loopback and refuses the Host")
+    assert f"'{httpserver.host}:{httpserver.port}'" in reason and "OLLAMA_HOST=0.0.0.0" in reason
+    httpserver.clear()
+    httpserver.expect_request("/").respond_with_data("denied by policy", status=403)  # some other 403
+    assert "'denied by policy' is not an Ollama server" in (probe(httpserver.url_for("").rstrip("/")) or "")
