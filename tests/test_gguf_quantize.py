@@ -13,6 +13,7 @@ from gguf.quants import dequantize
 from harness.errors import BuildError
 from harness.gguf.build import build_cached
 from harness.gguf.check import check_gguf
+from harness.gguf.ggml_quantize import quantize_rows
 from harness.gguf.quantize import (
     OLLAMA_LISTED_TYPES,
     QuantizationError,
@@ -157,3 +158,13 @@ def _tensor_values(path: Path, header: GGUFHeader, name: str) -> np.ndarray:
     assert header.data_offset is not None
     raw = np.fromfile(path, dtype=np.uint8, count=n_bytes, offset=header.data_offset + tensor.offset)
     return dequantize(raw, T(tensor.ggml_type)).reshape(-1)
+
+
+def test_quantizing_rows_on_several_threads_gives_the_same_bytes() -> None:
+    values = np.random.default_rng(3).standard_normal((600, 1024)).astype(np.float32)  # 600k values: 2 runs
+    for qtype in (T.Q4_K, T.Q6_K, T.Q8_0, T.F16):
+        one = quantize_rows(values, qtype, threads=1)
+        assert np.array_equal(quantize_rows(values, qtype, threads=3), one), qtype.name
+        assert one.shape == (600, 1024 // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1])
+    with pytest.raises(ValueError, match="rows of 100 values do not split into Q4_K blocks of 256"):
+        quantize_rows(values[:, :100], T.Q4_K)

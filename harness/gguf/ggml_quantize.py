@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from harness.errors import HarnessError
 
+MIN_VALUES_PER_THREAD = 1 << 18  # below this a thread costs more than it saves
 _init_lock = threading.Lock()
 _initialized: set[int] = set()
 
@@ -52,9 +55,21 @@ def _library() -> ctypes.CDLL:
     return library
 
 
-def quantize_rows(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def quantize_rows(
+    values: np.ndarray, qtype: GGMLQuantizationType, *, threads: int | None = None
+) -> np.ndarray:
     """`values` (rows x n_per_row, any float dtype) in `qtype`, as ggml_quantize_chunk writes them: a uint8
-    array of rows x row bytes. F32, F16 and BF16 are conversions; the rest need rows of whole blocks."""
+    array of rows x row bytes. F32, F16 and BF16 are conversions; the rest need rows of whole blocks.
+
+    Rows are independent, so a large array is split into `threads` runs of rows (default: the CPUs this
+    process may use) quantized at once; ctypes lets go of the GIL during each call. The bytes are the same.
+    """
     rows = np.ascontiguousarray(values, dtype=np.float32)
     if rows.ndim != 2:
         raise ValueError(f"expected a 2D array of rows, got shape {rows.shape}")
@@ -70,11 +85,22 @@ def quantize_rows(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray
             library.ggml_quantize_init(int(qtype))
             _initialized.add(int(qtype))
     out = np.empty((n_rows, n_per_row // block_size * type_size), dtype=np.uint8)
-    written = library.ggml_quantize_chunk(
-        int(qtype), rows.ctypes.data, out.ctypes.data, 0, n_rows, n_per_row, None
-    )
-    if written != out.nbytes:
-        raise RuntimeError(
-            f"ggml_quantize_chunk wrote {written} bytes for {qtype.name}, expected {out.nbytes}"
+    workers = min(threads or _usable_cpus(), max(1, rows.size // MIN_VALUES_PER_THREAD), n_rows)
+    bounds = [n_rows * i // workers for i in range(workers + 1)]
+
+    def run(first: int, last: int) -> None:
+        part = out[first:last]
+        written = library.ggml_quantize_chunk(
+            int(qtype), rows[first:last].ctypes.data, part.ctypes.data, 0, last - first, n_per_row, None
         )
+        if written != part.nbytes:
+            raise RuntimeError(
+                f"ggml_quantize_chunk wrote {written} bytes of {qtype.name}, not {part.nbytes}"
+            )
+
+    if workers == 1:
+        run(0, n_rows)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, bounds[:-1], bounds[1:]))
     return out

@@ -224,11 +224,16 @@ def tensor_target(
 
 
 def quantize_gguf(
-    source: str | os.PathLike[str], output: str | os.PathLike[str], requested: str
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    requested: str,
+    *,
+    threads: int | None = None,
 ) -> BuiltModel:
     """Write `source` re-typed to `requested` (an Ollama quantize name) at `output`, atomically; returns the
-    written file with its sha256. Raises `QuantizationError` / `UnsupportedQuantization` as
-    `plan_quantization` does, `GGUFReadError` for an unreadable file, `BuildError` when writing fails."""
+    written file with its sha256. `threads` is passed to `quantize_rows` (default: every usable CPU). Raises
+    `QuantizationError` as `plan_quantization` does, `GGUFReadError` for an unreadable file, `BuildError`
+    when writing fails."""
     header = read_for_fix(source)
     plan = plan_quantization(header, requested)
     target = plan.target if plan.target is not None else OLLAMA_FILE_TYPES[plan.source_type]
@@ -245,13 +250,16 @@ def quantize_gguf(
             header.data_offset + tensor.offset,
             tensor,
             tensor_target(tensor, target, state, arch=arch, n_experts=experts),
+            threads,
         )
         for tensor in header.tensors
     ]
     return write_gguf(GGUFPlan(arch, kvs, tensors, alignment=header.alignment), output, progress=False)
 
 
-def _retyped(source: Path, offset: int, tensor: TensorInfo, target: GGMLQuantizationType) -> TensorPlan:
+def _retyped(
+    source: Path, offset: int, tensor: TensorInfo, target: GGMLQuantizationType, threads: int | None
+) -> TensorPlan:
     """The tensor read from `source` in blocks of rows, each converted from its type to `target`."""
     from_type = T(tensor.ggml_type)
     block, type_size = GGML_QUANT_SIZES[from_type]
@@ -268,7 +276,8 @@ def _retyped(source: Path, offset: int, tensor: TensorInfo, target: GGMLQuantiza
                 if target == from_type:
                     yield raw
                 else:
-                    yield quantize_rows(dequantize(raw, from_type).reshape(count, tensor.ne[0]), target)
+                    values = dequantize(raw, from_type).reshape(count, tensor.ne[0])
+                    yield quantize_rows(values, target, threads=threads)
 
     def produce() -> np.ndarray:
         return np.concatenate(list(chunks()), axis=0)
