@@ -40,6 +40,7 @@ from harness.engine.store import (
     Manifest,
     Store,
 )
+from harness.engine.structured import FormatError, format_fields
 
 log = logging.getLogger("harness.engine")
 
@@ -448,8 +449,12 @@ class Engine:
     ) -> Response:
         started = time.monotonic_ns()
         options = self._options(manifest, body)
+        try:
+            output_format = format_fields(body.get("format"))
+        except FormatError as error:
+            raise ApiError(500, str(error)) from None
         model_request = self._model_request(manifest, options, self._keep_alive(body))
-        payload = {"prompt": prompt, **completion_fields(options)}
+        payload = {"prompt": prompt, **completion_fields(options), **output_format}
         model_name = body["model"]
         log.debug("rendered prompt for %s: %s", model_name, json.dumps(prompt))
 

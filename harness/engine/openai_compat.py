@@ -35,8 +35,9 @@ Not supported, and said so, never silently wrong:
 - reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
   for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
-- image_url content parts (checked as Ollama checks them first), response_format json_object / json_schema,
-  logprobs, _debug_render_only: Ollama supports them, this engine cannot; a 400 names the field.
+- image_url content parts (checked as Ollama checks them first), logprobs, _debug_render_only: Ollama
+  supports them, this engine cannot; a 400 names the field. (response_format json_object / json_schema
+  become `format`, as in Ollama: see structured.py.)
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
   and a message's `name` and `reasoning`.
 
@@ -292,8 +293,11 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     effort = _reasoning_effort(data)
     response_format = data.get("response_format") or {}
     format_type = str(response_format.get("type") or "").strip().lower()
-    if format_type == "json_object" or (format_type == "json_schema" and response_format.get("json_schema")):
-        raise _unsupported("response_format")
+    output_format: Any = None
+    if format_type == "json_object":  # Ollama's ChatMiddleware: the old type means format "json"
+        output_format = "json"
+    elif format_type == "json_schema" and response_format.get("json_schema"):
+        output_format = (response_format["json_schema"] or {}).get("schema")
     if data.get("logprobs"):
         raise _unsupported("logprobs")
     if data.get("_debug_render_only"):
@@ -306,6 +310,8 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     }
     if effort:
         body["think"] = effort != "none"
+    if output_format is not None:
+        body["format"] = output_format
     return body
 
 

@@ -313,10 +313,6 @@ CHAT_REQUEST_ERRORS = [
         "image_url content is not supported by the embedded engine",
     ),
     (
-        {"model": "oracle", "messages": MESSAGES, "response_format": {"type": "json_object"}},
-        "response_format is not supported by the embedded engine",
-    ),
-    (
         {"model": "oracle", "messages": MESSAGES, "reasoning_effort": "extreme"},
         'invalid reasoning value: \'extreme\' (must be "high", "medium", "low", or "none")',
     ),
