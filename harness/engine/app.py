@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from harness import __version__
 from harness.engine.access import AccessMiddleware, allowed_origins
+from harness.engine.capabilities import check_request, model_capabilities
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
 from harness.engine.embed import Embeddings
@@ -124,6 +125,15 @@ async def _respond(
     return StreamingResponse(lines(), media_type=NDJSON)
 
 
+def _context_tokens(value: Any) -> list[int]:
+    """A generate request's `context` (token ids; absent means none), as Go decodes `[]int`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise ApiError(400, "context must be an array of token ids")
+    return value
+
+
 def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     final = dict(chunks[-1])
     if "message" in final:
@@ -142,8 +152,31 @@ class Engine:
         self.scheduler = Scheduler(config, config.models_dir / "runner-logs")
         self.creator = ModelCreator(self.store)
         self.embeddings = Embeddings(self)
+        self._capability_cache: dict[tuple[str, str], list[str]] = {}
 
     # --- helpers ---
+    def _capabilities(self, manifest: Manifest) -> list[str]:
+        """The model's capabilities (capabilities.py), cached per model file and template."""
+        from harness.engine.prompt import ollama_template
+
+        model_layer = manifest.layer(MEDIA_MODEL)
+        assert model_layer is not None
+        template = self._layer_text(manifest, MEDIA_TEMPLATE)
+        key = (model_layer.digest, template or "")
+        if key not in self._capability_cache:
+            try:
+                header = read_gguf_info(self.store.blob_path(model_layer.digest)).header
+            except GGUFFormatError as error:
+                raise ApiError(500, str(error)) from None
+            arch = header.value("general.architecture")
+            pooling = header.value(f"{arch}.pooling_type") is not None
+            try:
+                template_vars = ollama_template(template).vars()
+            except ValueError:
+                template_vars = []
+            self._capability_cache[key] = model_capabilities(pooling=pooling, template_vars=template_vars)
+        return self._capability_cache[key]
+
     def _manifest(self, name: ModelName, raw_name: str) -> Manifest:
         manifest = self.store.load(name)
         if manifest is None or manifest.layer(MEDIA_MODEL) is None:
@@ -278,7 +311,7 @@ class Engine:
             "template": template or "{{ .Prompt }}",
             "details": model_details(config),
             "model_info": info.model_info(verbose=bool(body.get("verbose"))),
-            "capabilities": ["completion"],
+            "capabilities": self._capabilities(manifest),
             "modified_at": manifest.modified_at.astimezone().isoformat(),
         }
         if system:
@@ -355,7 +388,10 @@ class Engine:
             raise ApiError(400, "raw mode does not support template, system, or context")
         manifest = self._manifest(name, raw_name)
         prompt = body.get("prompt") or ""
-        if not prompt and not body.get("images"):
+        loading_only = not prompt and not body.get("images")
+        if not (loading_only and self._keep_alive(body) == 0):
+            check_request("generate", raw_name, self._capabilities(manifest), body)
+        if loading_only:
             return await self._load_or_unload(manifest, body, {"response": ""})
         if body.get("raw"):
             text = prompt
@@ -370,10 +406,12 @@ class Engine:
                     prompt=prompt,
                     model_system=self._layer_text(manifest, MEDIA_SYSTEM),
                     model_messages=[] if body.get("context") else self._stored_messages(manifest),
+                    suffix=body.get("suffix") or None,
                 )
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
-        return await self._run(manifest, body, text, lambda content: {"response": content})
+        context = None if body.get("raw") else _context_tokens(body.get("context"))
+        return await self._run(manifest, body, text, lambda content: {"response": content}, context=context)
 
     async def chat(self, request: Request) -> Response:
         return await self.handle_chat(await _body(request))
@@ -390,6 +428,8 @@ class Engine:
         def message(content: str) -> dict[str, Any]:
             return {"message": {"role": "assistant", "content": content}}
 
+        if messages or self._keep_alive(body) != 0:
+            check_request("chat", raw_name, self._capabilities(manifest), body)
         if not messages:
             return await self._load_or_unload(manifest, body, message(""))
         from harness.engine.prompt import render_chat
@@ -445,8 +485,17 @@ class Engine:
             raise ApiError(500, str(error)) from None
 
     async def _run(
-        self, manifest: Manifest, body: dict[str, Any], prompt: str, wrap: Callable[[str], dict[str, Any]]
+        self,
+        manifest: Manifest,
+        body: dict[str, Any],
+        prompt: str,
+        wrap: Callable[[str], dict[str, Any]],
+        *,
+        context: list[int] | None = None,
     ) -> Response:
+        """Stream one completion. `context` (generate, not raw) is the request's token context, detokenized
+        in front of the prompt; the final chunk then carries the `context` of prompt and answer, as Ollama's
+        generate does (chat has neither)."""
         started = time.monotonic_ns()
         options = self._options(manifest, body)
         try:
@@ -463,8 +512,13 @@ class Engine:
             loaded = time.monotonic_ns()
             failed = False
             first_event = True
+            pieces: list[str] = []
             try:
+                if context:
+                    payload["prompt"] = await model.runner.detokenize(context) + prompt
                 async for event in model.runner.completion(payload):
+                    if context is not None:
+                        pieces.append(event.get("content", ""))
                     if first_event:
                         first_event = False
                         log.debug(
@@ -494,6 +548,8 @@ class Engine:
                         "eval_count": int(timings.get("predicted_n", event.get("tokens_predicted", 0))),
                         "eval_duration": int(timings.get("predicted_ms", 0.0) * 1e6),
                     }
+                    if context is not None:
+                        final["context"] = await model.runner.tokenize(payload["prompt"] + "".join(pieces))
                     yield final
             except RunnerDiedError as error:
                 failed = True

@@ -312,6 +312,8 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         body["think"] = effort != "none"
     if output_format is not None:
         body["format"] = output_format
+    if data.get("tools"):
+        body["tools"] = data["tools"]  # the engine's capability check answers it, as Ollama's does
     return body
 
 
@@ -333,12 +335,15 @@ def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         raise _unsupported("logprobs")
     if data.get("_debug_render_only"):
         raise _unsupported("_debug_render_only")
-    return {
+    body = {
         "model": data.get("model") or "",
         "prompt": data.get("prompt") or "",
         "options": options,
         "stream": bool(data.get("stream")),
     }
+    if data.get("suffix"):
+        body["suffix"] = data["suffix"]  # the engine's capability check answers it, as Ollama's does
+    return body
 
 
 def embed_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -564,12 +569,6 @@ def translate_answer(
     )
 
 
-def _full_name(raw_name: str) -> str:
-    """Ollama's `model.Name.String()`: host/namespace/model:tag."""
-    name = ModelName.parse(raw_name)
-    return f"{name.host}/{name.namespace}/{name.model}:{name.tag}"
-
-
 def _namespace(raw_name: str) -> str:
     """`owned_by`: the namespace of a name ("" for an invalid one, as Go's zero Name)."""
     try:
@@ -601,19 +600,10 @@ class OpenAICompat:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def _require_model(self, raw_name: str) -> None:
-        """The engine's own errors for a missing or invalid model (400, 404), before a capability error."""
-        await self.engine.handle_show({"model": raw_name})
-
     async def chat_completions(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
         data = await read_openai_body(request, "openai.ChatCompletionRequest", CHAT_REQUEST_FIELDS)
         body = chat_request_to_ollama(data)
-        if data.get("tools") or body.get("think"):
-            await self._require_model(body["model"])
-            if data.get("tools"):
-                raise ApiError(400, f"{_full_name(body['model'])} does not support tools")
-            raise ApiError(400, f"{json.dumps(body['model'])} does not support thinking")
         answer = await self.engine.handle_chat(body)
         return translate_answer(
             answer,
@@ -628,9 +618,6 @@ class OpenAICompat:
         """POST /v1/completions."""
         data = await read_openai_body(request, "openai.CompletionRequest", COMPLETION_REQUEST_FIELDS)
         body = completion_request_to_ollama(data)
-        if data.get("suffix"):
-            await self._require_model(body["model"])
-            raise ApiError(400, f"{_full_name(body['model'])} does not support insert")
         answer = await self.engine.handle_generate(body)
         return translate_answer(
             answer,

@@ -324,6 +324,11 @@ class RunnerProcess:
         answer = await self._post_json("/tokenize", {"content": text, "add_special": add_special})
         return list(answer["tokens"])
 
+    async def detokenize(self, tokens: list[int]) -> str:
+        """llama-server's text of token ids (`/detokenize`)."""
+        answer = await self._post_json("/detokenize", {"tokens": tokens})
+        return str(answer.get("content", ""))
+
     async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a JSON request and return the JSON answer; a refusal raises RunnerRequestError with
         llama-server's status and message. A pooled connection dropped before the answer (see
