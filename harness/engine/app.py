@@ -134,8 +134,34 @@ def _context_tokens(value: Any) -> list[int]:
     return value
 
 
+def _check_top_logprobs(body: dict[str, Any]) -> None:
+    """Ollama's first check of a generate or chat body."""
+    top = body.get("top_logprobs") or 0
+    if isinstance(top, int) and not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+
+
+def _logprobs(event: dict[str, Any], top: int) -> list[dict[str, Any]]:
+    """Ollama's `logprobs` of one runner event: token, logprob and bytes of each sampled token, with its
+    `top` most likely alternatives when `top` > 0 (llama-server's `completion_probabilities`)."""
+
+    def entry(probability: dict[str, Any]) -> dict[str, Any]:
+        token = {"token": probability.get("token", ""), "logprob": probability.get("logprob", 0.0)}
+        return {**token, "bytes": probability["bytes"]} if probability.get("bytes") else token
+
+    converted = []
+    for probability in event.get("completion_probabilities") or []:
+        item = entry(probability)
+        if top > 0:
+            item["top_logprobs"] = [entry(p) for p in (probability.get("top_logprobs") or [])[:top]]
+        converted.append(item)
+    return converted
+
+
 def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     final = dict(chunks[-1])
+    if any("logprobs" in chunk for chunk in chunks):
+        final["logprobs"] = [item for chunk in chunks for item in chunk.get("logprobs", [])]
     if "message" in final:
         final["message"] = {**final["message"], "content": "".join(c["message"]["content"] for c in chunks)}
     else:
@@ -382,6 +408,7 @@ class Engine:
 
     async def handle_generate(self, body: dict[str, Any]) -> Response:
         """/api/generate for an already parsed request body (the OpenAI layer calls this too)."""
+        _check_top_logprobs(body)
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
@@ -418,6 +445,7 @@ class Engine:
 
     async def handle_chat(self, body: dict[str, Any]) -> Response:
         """/api/chat for an already parsed request body (the OpenAI layer calls this too)."""
+        _check_top_logprobs(body)
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         manifest = self._manifest(name, raw_name)
@@ -504,6 +532,9 @@ class Engine:
             raise ApiError(500, str(error)) from None
         model_request = self._model_request(manifest, options, self._keep_alive(body))
         payload = {"prompt": prompt, **completion_fields(options), **output_format}
+        top_logprobs = int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1
+        if top_logprobs >= 0:
+            payload["n_probs"] = max(top_logprobs, 1)
         model_name = body["model"]
         log.debug("rendered prompt for %s: %s", model_name, json.dumps(prompt))
 
@@ -527,12 +558,15 @@ class Engine:
                             (time.monotonic_ns() - loaded) / 1e6,
                         )
                     if not event.get("stop"):
-                        yield {
+                        chunk = {
                             "model": model_name,
                             "created_at": _now(),
                             **wrap(event.get("content", "")),
                             "done": False,
                         }
+                        if top_logprobs >= 0:
+                            chunk["logprobs"] = _logprobs(event, top_logprobs)
+                        yield chunk
                         continue
                     timings = event.get("timings", {})
                     final = {
