@@ -31,13 +31,15 @@ Errors are `{"error": {"message", "type", "param": null, "code": null}}`. Faults
 
 Not supported, and said so, never silently wrong:
 - tools: 400 `<full model name> does not support tools`, Ollama's answer for a model without the tools
-  capability (no model of this engine has it). tool_calls in messages: 400 naming the field.
+  capability (a model whose template has it gets a 400 saying this engine cannot parse tool calls).
+  tool_calls in messages: 400 naming the field.
 - reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
   for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
-- image_url content parts (checked as Ollama checks them first), logprobs, _debug_render_only: Ollama
-  supports them, this engine cannot; a 400 names the field. (response_format json_object / json_schema
-  become `format`, as in Ollama: see structured.py.)
+- image_url content parts (checked as Ollama checks them first), logprobs (the native API has them; their
+  OpenAI form is not written here), _debug_render_only: Ollama supports them; a 400 names the field.
+- response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
+  suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
   and a message's `name` and `reasoning`.
 
