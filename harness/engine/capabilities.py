@@ -10,8 +10,9 @@ thinking (`"<model>" does not support thinking`), then the capabilities the requ
 (`"<model>" does not support generate` / `chat`), `insert` for a `suffix`, `tools` for `tools`
 (`<host>/<namespace>/<model>:<tag> does not support insert`). All are 400s.
 
-One case answers differently: a model whose template uses `.Tools` has Ollama's `tools` capability, but this
-engine cannot parse tool calls out of the output, so a request with `tools` gets a 400 that says so.
+Two cases answer differently, both with a 400 that says why: images (this engine runs no vision projector)
+and `tools` on a model whose template uses `.Tools` (Ollama's `tools` capability, but this engine cannot
+parse tool calls out of the output).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
     missing = [capability for capability in needed if capability not in capabilities]
     if missing:
         raise ApiError(400, f"{full_name(raw_name)} does not support " + "\n".join(missing))
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in messages):
+        raise ApiError(
+            400,
+            "images are not supported by the embedded engine: it runs no vision projector (Ollama can, for "
+            "a vision model); test image input against Ollama",
+        )
     if "tools" in needed:
         raise ApiError(
             400,

@@ -75,6 +75,10 @@ def test_requests_a_model_cannot_serve_are_400s_with_ollamas_texts(engine: Embed
          "tools are not supported by the embedded engine"),
         ("/api/generate", {"model": "tiny", "prompt": "a", "context": ["x"]},
          "context must be an array of token ids"),
+        ("/api/generate", {"model": "tiny", "prompt": "a", "images": ["aGk="]},
+         "images are not supported by the embedded engine"),
+        ("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "a", "images": ["aGk="]}]},
+         "images are not supported by the embedded engine"),
     ]  # fmt: skip
     for path, body, text in cases:
         status, error = _error(engine, path, body)
