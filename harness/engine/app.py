@@ -26,7 +26,7 @@ from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.openai_compat import openai_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
-from harness.engine.routing import gin_route, method_not_allowed, page_not_found
+from harness.engine.routing import TrailingSlashRedirect, gin_route, method_not_allowed, page_not_found
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
 from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
 from harness.engine.store import (
@@ -694,9 +694,10 @@ def build_app(config: EngineConfig) -> Starlette:
         lifespan=lifespan,
         exception_handlers={404: page_not_found, 405: method_not_allowed},
         middleware=[
-            Middleware(AccessMiddleware, bind_host=config.host, origins=allowed_origins(config.origins))
+            Middleware(TrailingSlashRedirect, routes=routes),
+            Middleware(AccessMiddleware, bind_host=config.host, origins=allowed_origins(config.origins)),
         ],
     )
-    app.router.redirect_slashes = False  # gin's trailing-slash redirect is routing.page_not_found's
+    app.router.redirect_slashes = False  # gin's trailing-slash redirect is routing.TrailingSlashRedirect
     app.state.engine = engine
     return app

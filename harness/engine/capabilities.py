@@ -53,7 +53,8 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
     missing = [capability for capability in needed if capability not in capabilities]
     if missing:
         raise ApiError(400, f"{full_name(raw_name)} does not support " + "\n".join(missing))
-    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    messages = body.get("messages")
+    messages = messages if isinstance(messages, list) else []
     if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in messages):
         raise ApiError(
             400,

@@ -3,8 +3,7 @@
 Starlette differs from gin in four ways this module removes: it answers HEAD wherever GET is routed (gin
 only where HEAD is registered), it answers an unknown path with its own text, its 405 lists one route's
 methods, and it redirects a trailing slash for any method with 307 (gin: only where the same method has the
-path without it, 301 for GET and 307 otherwise). One difference stays: gin redirects before its middleware
-runs, this engine after (a refused origin gets 403 rather than the redirect).
+path without it, 301 for GET and 307 otherwise, before any middleware runs: `TrailingSlashRedirect`).
 
 Ollama sets `HandleMethodNotAllowed`, so a known path asked with another method gets `405 method not
 allowed` and an `Allow` header naming every method the path has, in the order gin keeps its method trees
@@ -19,7 +18,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 METHOD_TREE_ORDER = ("HEAD", "GET", "POST", "DELETE")
 
@@ -38,13 +38,35 @@ def _gin_error(status: int, body: str, headers: dict[str, str] | None = None) ->
 
 
 async def page_not_found(request: Request, exc: Exception) -> Response:
-    """Gin's answer to a path no route has, after its trailing-slash redirect (RedirectTrailingSlash)."""
-    path = request.url.path
-    if path != "/" and path.endswith("/"):
-        stripped = {**request.scope, "path": path.rstrip("/") or "/"}
-        if any(route.matches(stripped)[0] is Match.FULL for route in request.app.router.routes):
-            return _redirect(request, stripped["path"])
+    """Gin's answer to a path no route has."""
     return _gin_error(404, "404 page not found")
+
+
+class TrailingSlashRedirect:
+    """Gin's RedirectTrailingSlash as an outermost ASGI middleware, since gin redirects before any of its
+    middleware runs: a path ending in `/` that no route has, whose path without that slash a route has for
+    the same method, is redirected there."""
+
+    def __init__(self, app: ASGIApp, *, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    def _routed(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] is Match.FULL for route in self.routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        redirect = (
+            scope["type"] == "http"
+            and path != "/"
+            and path.endswith("/")
+            and not self._routed(scope)
+            and self._routed({**scope, "path": path[:-1]})
+        )
+        if redirect:
+            await _redirect(Request(scope), path[:-1])(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _redirect(request: Request, path: str) -> Response:

@@ -112,6 +112,9 @@ def test_a_trailing_slash_redirects_where_the_method_has_the_path_without_it(eng
     assert get.text == '<a href="/api/tags?x=1">Moved Permanently</a>.\n\n'
     post = ask(engine, "POST", "/api/generate/")
     assert (post.status_code, post.headers["location"], post.content) == (307, "/api/generate", b"")
+    foreign = ask(engine, "POST", "/api/generate/", Origin="https://evil.example.com")
+    assert foreign.status_code == 307  # gin redirects before its CORS middleware runs
+    assert ask(engine, "GET", "/api/tags//").status_code == 404  # one slash only
 
 
 def test_known_paths_asked_with_another_method_get_405_and_allow(engine: EmbeddedEngine) -> None:
