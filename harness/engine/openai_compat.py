@@ -36,8 +36,8 @@ Not supported, and said so, never silently wrong:
 - reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
   for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
-- image_url content parts (checked as Ollama checks them first), logprobs (the native API has them; their
-  OpenAI form is not written here), _debug_render_only: Ollama supports them; a 400 names the field.
+- image_url content parts (checked as Ollama checks them first), logprobs on /v1/completions (chat has
+  them), _debug_render_only: Ollama supports them; a 400 names the field.
 - response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
   suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
@@ -300,8 +300,6 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         output_format = "json"
     elif format_type == "json_schema" and response_format.get("json_schema"):
         output_format = (response_format["json_schema"] or {}).get("schema")
-    if data.get("logprobs"):
-        raise _unsupported("logprobs")
     if data.get("_debug_render_only"):
         raise _unsupported("_debug_render_only")
     body = {
@@ -316,6 +314,10 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         body["format"] = output_format
     if data.get("tools"):
         body["tools"] = data["tools"]  # the engine's capability check answers it, as Ollama's does
+    if data.get("logprobs"):
+        body["logprobs"] = True
+    if data.get("top_logprobs") is not None:
+        body["top_logprobs"] = data["top_logprobs"]
     return body
 
 
@@ -399,10 +401,16 @@ def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, 
                 "index": 0,
                 "message": {"role": message.get("role", ""), "content": message.get("content", "")},
                 "finish_reason": answer.get("done_reason") or None,
+                **_choice_logprobs(answer),
             }
         ],
         "usage": usage(answer),
     }
+
+
+def _choice_logprobs(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A choice's `logprobs`: Ollama's own entries as OpenAI's `content` list, when there are any."""
+    return {"logprobs": {"content": answer["logprobs"]}} if answer.get("logprobs") else {}
 
 
 def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool) -> dict[str, Any]:
@@ -418,6 +426,7 @@ def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool
                 "index": 0,
                 "delta": {"role": "assistant", "content": (event.get("message") or {}).get("content", "")},
                 "finish_reason": event.get("done_reason") or None,
+                **_choice_logprobs(event),
             }
         ],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -53,3 +54,22 @@ def test_top_logprobs_out_of_range_is_ollamas_400(engine: EmbeddedEngine) -> Non
             400,
             {"error": "top_logprobs must be between 0 and 20"},
         )
+
+
+def test_openai_chat_logprobs_are_ollamas_entries_under_content(engine: EmbeddedEngine) -> None:
+    body = {
+        "model": "oracle",
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 0,
+        "max_tokens": 4,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
+    choice = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert content and all(len(item["top_logprobs"]) == 2 and item["logprob"] <= 0 for item in content)
+    assert "".join(item["token"] for item in content).startswith(choice["message"]["content"])
+    with httpx.stream("POST", f"{engine.url}/v1/chat/completions", json={**body, "stream": True}) as stream:
+        events = [line[6:] for line in stream.iter_lines() if line.startswith("data: {")]
+    deltas = [json.loads(event)["choices"][0] for event in events]
+    assert any(delta.get("logprobs") for delta in deltas if delta["delta"]["content"])

@@ -316,10 +316,6 @@ CHAT_REQUEST_ERRORS = [
         {"model": "oracle", "messages": MESSAGES, "reasoning_effort": "extreme"},
         'invalid reasoning value: \'extreme\' (must be "high", "medium", "low", or "none")',
     ),
-    (
-        {"model": "oracle", "messages": MESSAGES, "logprobs": True},
-        "logprobs is not supported by the embedded engine",
-    ),
 ]
 
 
