@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_build import big_spec
 from tabulate import tabulate
 
 from harness.gguf.build import build_gguf
@@ -32,17 +33,8 @@ TARGET_SPEEDUP = 1.5
 
 
 def bench_spec(n_layer: int) -> ModelSpec:
-    """Hidden 1024, FFN 4096, 16 heads: 24 MiB of F16 weights per layer, rows of whole 256-value blocks."""
-    return ModelSpec(
-        name=f"bench-quantize-{n_layer}l",
-        n_embd=1024,
-        n_layer=n_layer,
-        n_head=16,
-        n_head_kv=16,
-        n_ff=4096,
-        context_length=2048,
-        tensor_type="f16",
-    )
+    """bench_build's model (hidden 1024, FFN 4096: rows of whole 256-value blocks) in F16."""
+    return big_spec(n_layer).replace(name=f"bench-quantize-{n_layer}l", tensor_type="f16")
 
 
 def _peak_rss_kb() -> int:
