@@ -36,6 +36,9 @@ PERCENTILES = (50, 90, 95, 99)
 SHOWN_PERCENTILES = (50, 90, 99)
 SUCCESS_OUTCOMES = frozenset({"ok", "success", "passed"})
 FAILED_TEST_OUTCOMES = frozenset({"failed", "error"})
+# The smallest worsening that can count, per unit: timings move by a millisecond between identical runs on a
+# busy CPU (a tiny model's 0.03 ms inter-token gap is not 3x slower at 0.1 ms).
+NOISE_FLOORS = {"s": 0.001}
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,7 @@ def compare_metrics(
             resamples=config.bootstrap_resamples,
             confidence=config.confidence,
             seed=config.seed,
+            floor=NOISE_FLOORS.get(metric.unit, 0.0),
         )
         if not (metric.trusted and (base is None or base.trusted)) and judgement.verdict in _MOVES:
             judgement = replace(judgement, verdict="noise")

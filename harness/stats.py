@@ -8,7 +8,10 @@ A metric is REGRESSED only when it got worse by more than its threshold *and* th
 change beyond the threshold that the interval cannot tell from zero is "noise"; a change within the threshold
 is "same". A tail percentile with fewer than MIN_TAIL_SAMPLES samples beyond it (p99 of 120 requests is the
 second-largest value, whose noise the bootstrap underestimates) must have its whole interval beyond the
-threshold to count as a change.
+threshold to count as a change, and so must any metric with fewer than MIN_SAMPLES samples a side (six
+requests resample into a falsely narrow interval: two identical runs of the fixture suites gave a -33 %
+"significant" throughput change that way). A worsening below the metric's floor (1 ms for timings, under
+the scheduling noise of a CPU) is "same" whatever its ratio.
 Metrics without samples (accuracy, memory sizes) are judged on the threshold alone.
 """
 
@@ -31,6 +34,7 @@ Verdict = Literal["better", "same", "noise", "REGRESSED", "new", "gone"]
 Statistic = Callable[[np.ndarray], np.ndarray]
 
 MIN_TAIL_SAMPLES = 5
+MIN_SAMPLES = 20  # below this the bootstrap interval is too narrow to trust on its own (see the docstring)
 MAX_BOOTSTRAP_SAMPLES = 2000  # larger sample sets are thinned (seeded) for the interval only
 _BATCH_ELEMENTS = 2_000_000  # resampled values held in memory at once
 
@@ -177,15 +181,18 @@ def judge(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    floor: float = 0.0,
 ) -> Judgement:
-    """Judge one metric: better / same / noise / REGRESSED (or new / gone when a side has no value)."""
+    """Judge one metric: better / same / noise / REGRESSED (or new / gone when a side has no value).
+
+    `floor` is the smallest worsening, in the metric's unit, that can count at all (NOISE_FLOORS)."""
     if baseline is None or not np.isfinite(baseline):
         return Judgement("new" if current is not None else "gone", None, None, None, None)
     if current is None or not np.isfinite(current):
         return Judgement("gone", None, None, None, None)
     delta = current - baseline
     relative = delta / abs(baseline) if baseline != 0 else None
-    allowed = threshold.allowed(baseline)
+    allowed = max(threshold.allowed(baseline), floor)
     worsening = delta if direction == "lower" else -delta
     interval: tuple[float, float] | None = None
     significant = True
@@ -196,7 +203,8 @@ def judge(
         low, high = interval if direction == "lower" else (-interval[1], -interval[0])  # of the worsening
         significant = not low <= 0 <= high
         tail = current_samples.tail_fraction
-        if tail is not None and min(len(baseline_samples), len(current_samples)) * tail < MIN_TAIL_SAMPLES:
+        n = min(len(baseline_samples), len(current_samples))
+        if n < MIN_SAMPLES or (tail is not None and n * tail < MIN_TAIL_SAMPLES):
             significant = low > allowed or high < -allowed  # the whole interval must lie beyond the threshold
     if abs(worsening) <= allowed:
         verdict: Verdict = "same"
