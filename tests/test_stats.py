@@ -103,3 +103,23 @@ def test_large_sample_sets_stay_fast():
     low, _ = bootstrap_difference(percentile_samples(big, 50), percentile_samples(big * 1.5, 50))
     assert time.perf_counter() - start < 10
     assert low > 0
+
+
+def _median_verdict(baseline: np.ndarray, current: np.ndarray, **kwargs: float) -> str:
+    base, cur = percentile_samples(baseline, 50), percentile_samples(current, 50)
+    return judge(
+        base.value(), cur.value(), "lower", PLUS_20, baseline_samples=base, current_samples=cur, **kwargs
+    ).verdict
+
+
+def test_a_few_samples_need_their_whole_interval_beyond_the_threshold():
+    few, few_again = FAST[:6], FAST_AGAIN[:6]
+    assert _median_verdict(few, few_again * 1.3) == "noise"  # six requests cannot show a 30 % slowdown
+    assert _median_verdict(few, few_again * 3) == "REGRESSED"  # but they do show a threefold one
+    assert _median_verdict(FAST, FAST_AGAIN * 1.3) == "REGRESSED"  # 300 requests show 30 %
+
+
+def test_a_timing_change_below_the_floor_is_the_same():
+    tiny, tiny_later = FAST * 0.0003, FAST_AGAIN * 0.001  # a 0.03 ms gap becoming 0.1 ms
+    assert _median_verdict(tiny, tiny_later) == "REGRESSED"
+    assert _median_verdict(tiny, tiny_later, floor=0.001) == "same"
