@@ -52,7 +52,7 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
         needed.append("tools")
     missing = [capability for capability in needed if capability not in capabilities]
     if missing:
-        raise ApiError(400, f"{full_name(raw_name)} does not support " + "\n".join(missing))
+        raise ApiError(400, f"{ModelName.parse(raw_name).full()} does not support " + "\n".join(missing))
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
     if body.get("images") or any(isinstance(m, dict) and m.get("images") for m in messages):
@@ -67,9 +67,3 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
             "tools are not supported by the embedded engine: it cannot parse tool calls out of a model's "
             "output (Ollama can); test tool calling against Ollama",
         )
-
-
-def full_name(raw_name: str) -> str:
-    """Ollama's `model.Name.String()`: host/namespace/model:tag."""
-    name = ModelName.parse(raw_name)
-    return f"{name.host}/{name.namespace}/{name.model}:{name.tag}"

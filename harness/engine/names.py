@@ -71,9 +71,13 @@ class ModelName:
         if self.tag.lower() in ("cloud", "local") or self.tag.lower().endswith("-cloud"):
             raise InvalidNameError("invalid model name")
 
+    def full(self) -> str:
+        """Ollama's `Name.String()`: host/namespace/model:tag, as error texts give it."""
+        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+
     def key(self) -> str:
         """Case-insensitive identity of the name."""
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}".lower()
+        return self.full().lower()
 
     def manifest_parts(self) -> tuple[str, str, str, str]:
         """Path parts of the manifest under `manifests/` (each already validated: no separators, no `..`)."""
@@ -84,4 +88,4 @@ class ModelName:
             return f"{self.model}:{self.tag}"
         if self.host == DEFAULT_HOST:
             return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        return self.full()
