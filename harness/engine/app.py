@@ -22,7 +22,7 @@ from harness.engine.capabilities import check_request, model_capabilities
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ApiError, ModelCreator, model_details
 from harness.engine.embed import Embeddings
-from harness.engine.ggufinfo import GGUFFormatError, read_gguf_info
+from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.openai_compat import openai_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
@@ -181,23 +181,24 @@ class Engine:
         self._capability_cache: dict[tuple[str, str], list[str]] = {}
 
     # --- helpers ---
-    def _capabilities(self, manifest: Manifest) -> list[str]:
-        """The model's capabilities (capabilities.py), cached per model file and template."""
+    def _capabilities(self, manifest: Manifest, info: GGUFInfo | None = None) -> list[str]:
+        """The model's capabilities (capabilities.py), cached per model and template layer: the files are read
+        only on a miss (`info`, when the caller has read the model's header already)."""
         from harness.engine.prompt import ollama_template
 
-        model_layer = manifest.layer(MEDIA_MODEL)
+        model_layer, template_layer = manifest.layer(MEDIA_MODEL), manifest.layer(MEDIA_TEMPLATE)
         assert model_layer is not None
-        template = self._layer_text(manifest, MEDIA_TEMPLATE)
-        key = (model_layer.digest, template or "")
+        key = (model_layer.digest, template_layer.digest if template_layer else "")
         if key not in self._capability_cache:
+            if info is None:
+                try:
+                    info = read_gguf_info(self.store.blob_path(model_layer.digest))
+                except GGUFFormatError as error:
+                    raise ApiError(500, str(error)) from None
+            arch = info.header.value("general.architecture")
+            pooling = info.header.value(f"{arch}.pooling_type") is not None
             try:
-                header = read_gguf_info(self.store.blob_path(model_layer.digest)).header
-            except GGUFFormatError as error:
-                raise ApiError(500, str(error)) from None
-            arch = header.value("general.architecture")
-            pooling = header.value(f"{arch}.pooling_type") is not None
-            try:
-                template_vars = ollama_template(template).vars()
+                template_vars = ollama_template(self._layer_text(manifest, MEDIA_TEMPLATE)).vars()
             except ValueError:
                 template_vars = []
             self._capability_cache[key] = model_capabilities(pooling=pooling, template_vars=template_vars)
@@ -337,7 +338,7 @@ class Engine:
             "template": template or "{{ .Prompt }}",
             "details": model_details(config),
             "model_info": info.model_info(verbose=bool(body.get("verbose"))),
-            "capabilities": self._capabilities(manifest),
+            "capabilities": self._capabilities(manifest, info),
             "modified_at": manifest.modified_at.astimezone().isoformat(),
         }
         if system:
