@@ -605,6 +605,26 @@ def _openai_errors(
     return endpoint
 
 
+def _translated(
+    answer: Response,
+    data: Mapping[str, Any],
+    id_prefix: str,
+    *,
+    whole: Callable[[str, Mapping[str, Any]], dict[str, Any]],
+    make_chunk: ChunkMaker,
+) -> Response:
+    """An engine answer in OpenAI's form for the request `data`: whole or streamed as it asked, with usage in
+    the stream when `stream_options.include_usage` says so, under a fresh `<id_prefix>-N` id."""
+    return translate_answer(
+        answer,
+        stream=bool(data.get("stream")),
+        include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
+        completion_id=f"{id_prefix}-{random.randrange(999)}",
+        whole=whole,
+        make_chunk=make_chunk,
+    )
+
+
 class OpenAICompat:
     """The /v1 handlers: OpenAI requests run through the engine's own /api handlers."""
 
@@ -616,28 +636,14 @@ class OpenAICompat:
         data = await read_openai_body(request, "openai.ChatCompletionRequest", CHAT_REQUEST_FIELDS)
         body = chat_request_to_ollama(data)
         answer = await self.engine.handle_chat(body)
-        return translate_answer(
-            answer,
-            stream=body["stream"],
-            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
-            completion_id=f"chatcmpl-{random.randrange(999)}",
-            whole=chat_completion,
-            make_chunk=chat_chunk,
-        )
+        return _translated(answer, data, "chatcmpl", whole=chat_completion, make_chunk=chat_chunk)
 
     async def completions(self, request: Request) -> Response:
         """POST /v1/completions."""
         data = await read_openai_body(request, "openai.CompletionRequest", COMPLETION_REQUEST_FIELDS)
         body = completion_request_to_ollama(data)
         answer = await self.engine.handle_generate(body)
-        return translate_answer(
-            answer,
-            stream=body["stream"],
-            include_usage=bool((data.get("stream_options") or {}).get("include_usage")),
-            completion_id=f"cmpl-{random.randrange(999)}",
-            whole=text_completion,
-            make_chunk=text_completion_chunk,
-        )
+        return _translated(answer, data, "cmpl", whole=text_completion, make_chunk=text_completion_chunk)
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings."""
