@@ -195,7 +195,6 @@ class _SchemaConverter:
                 _child(name, f"{key}-kv"),
                 f'{self._literal(key)} space ":" space {value_rule}',
             )
-        self._primitive("string")  # llama.cpp always defines the primitives an object may use
         required_keys = [key for key in order if key in required]
         optional_keys = [key for key in order if key not in required]
         parts = ['"{" space']
