@@ -274,6 +274,18 @@ def _reasoning_effort(data: Mapping[str, Any]) -> str:
     return str(effort)
 
 
+def _length_and_temperature(data: Mapping[str, Any], *, strict_stop: bool) -> dict[str, Any]:
+    """The options both middlewares set alike: stop, num_predict from max_tokens, temperature (default 1)."""
+    options: dict[str, Any] = {}
+    stop = _stop_option(data.get("stop"), strict=strict_stop)
+    if stop is not None:
+        options["stop"] = stop
+    if data.get("max_tokens") is not None:
+        options["num_predict"] = data["max_tokens"]
+    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
+    return options
+
+
 def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     """The /api/chat body for a (type-checked) chat completions request, with `think` when a reasoning
     effort is given (as Ollama's ChatRequest has it); unsupported fields raise."""
@@ -281,13 +293,7 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     if not messages:
         raise OpenAIRequestError("[] is too short - 'messages'")
     converted = ollama_messages(messages)
-    options: dict[str, Any] = {}
-    stop = _stop_option(data.get("stop"), strict=False)
-    if stop is not None:
-        options["stop"] = stop
-    if data.get("max_tokens") is not None:
-        options["num_predict"] = data["max_tokens"]
-    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
+    options = _length_and_temperature(data, strict_stop=False)
     for name in ("seed", "frequency_penalty", "presence_penalty"):
         if data.get(name) is not None:
             options[name] = data[name]
@@ -323,13 +329,7 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     """The /api/generate body for a (type-checked) completions request; unsupported fields raise."""
-    options: dict[str, Any] = {}
-    stop = _stop_option(data.get("stop"), strict=True)
-    if stop is not None:
-        options["stop"] = stop
-    if data.get("max_tokens") is not None:
-        options["num_predict"] = data["max_tokens"]
-    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
+    options = _length_and_temperature(data, strict_stop=True)
     if data.get("seed") is not None:
         options["seed"] = data["seed"]
     options["frequency_penalty"] = data.get("frequency_penalty") or 0.0
