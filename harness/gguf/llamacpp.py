@@ -2,7 +2,7 @@
 
 llama.cpp aborts the whole process on some bad files (GGML_ASSERT), and xllamacpp only raises a generic
 "Failed to init server" while the real cause goes to stderr. So every call here runs
-`python -m harness.llamacpp load|generate|tokenize ...` as a child in its own process group, captures its
+`python -m harness.gguf.llamacpp load|generate|tokenize ...` as a child in its own process group, captures its
 stderr, extracts llama.cpp's cause line, kills the group on timeout, and never leaves a process behind.
 Generation is greedy (temperature 0, top_k 1), 2 threads, no prompt cache.
 """
@@ -131,7 +131,7 @@ def _failure_cause(outcome: _ChildOutcome, timeout: float) -> str:
 
 
 def _run_child(args: Sequence[str], timeout: float) -> _ChildOutcome:
-    command = [sys.executable, "-m", "harness.llamacpp", *args]
+    command = [sys.executable, "-m", "harness.gguf.llamacpp", *args]
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
@@ -193,7 +193,7 @@ def _server(path: str, n_ctx: int, n_predict: int = 16) -> Any:
 
 
 def _child(argv: Sequence[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m harness.llamacpp")
+    parser = argparse.ArgumentParser(prog="python -m harness.gguf.llamacpp")
     parser.add_argument("action", choices=("load", "generate", "tokenize"))
     parser.add_argument("path")
     parser.add_argument("--n-ctx", type=int, default=256)
