@@ -20,7 +20,8 @@ from harness.gguf.build import build_gguf, write_gguf
 from harness.gguf.check import CODES, CheckReport, check_gguf
 from harness.gguf.llamacpp import LoadResult, trial_load
 from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
-from harness.gguf.spec import TENSOR_TYPES, ModelSpec, list_profiles, load_profile
+from harness.gguf.spec import ModelSpec, list_profiles, load_profile
+from harness.gguf.types import TENSOR_TYPES
 
 TINY = ModelSpec(name="check-tiny", n_embd=32, n_layer=2, n_head=4, n_head_kv=2, n_ff=64, context_length=128)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, human_parameter_size, is_gguf, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.routing import ApiError
 from harness.engine.store import (
     CONFIG_MEDIA_TYPE,
     MEDIA_LICENSE,
@@ -33,15 +34,6 @@ from harness.gguf.reader import read_gguf_header
 
 if TYPE_CHECKING:
     from harness.gguf.quantize import Quantization
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status and Ollama's error text."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _valid_relative_path(name: str) -> bool:

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from harness.gguf.build import build_gguf
-from harness.gguf.spec import TENSOR_TYPES, list_profiles, load_profile
+from harness.gguf.spec import list_profiles, load_profile
+from harness.gguf.types import TENSOR_TYPES
 
 
 def register(subparsers: Any) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from harness.config import ConfigError, Threshold, load_config, parse_threshold
 from harness.errors import HarnessError
-from harness.report.metrics import build_report, find_baseline, metric_history, metric_names, resolve_run
+from harness.report.compare import build_report, find_baseline, resolve_run
+from harness.report.metrics import metric_history, metric_names
 from harness.report.render import FORMATS, render_history, render_report, render_run_list
 from harness.runs import LATEST_LINK, list_runs, load_run, scan_runs
 
