@@ -279,7 +279,7 @@ def test_an_idle_run_does_not_call_itself_saturated(server: CannedServer) -> Non
 
 def test_blocking_runner_refuses_a_running_loop(server: CannedServer) -> None:
     async def inside() -> None:
-        with pytest.raises(HarnessError, match=r"await harness\.load\.closed_loop"):
+        with pytest.raises(HarnessError, match=r"await harness\.load\.generator\.closed_loop"):
             run_closed_loop(server.host, "m", concurrency=1, requests=1)
         result = await closed_loop(server.host, "m", concurrency=1, requests=1)
         assert result.counts()["ok"] == 1

@@ -96,7 +96,7 @@ class ModelCreator:
                 raise ApiError(400, "invalid digest format") from None
         template = body.get("template")
         if template:
-            from harness.engine.gotemplate import parse_template
+            from harness.modelfile.gotemplate import parse_template
 
             try:
                 parse_template(template)

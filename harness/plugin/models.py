@@ -267,7 +267,8 @@ class ModelFactory:
         started: float | None = None,
     ) -> ModelUnderTest:
         """Create the model (named after its content) unless a kept one of that name is on the server."""
-        from harness.modelfile.parse import parse_modelfile, quote, render_modelfile
+        from harness.modelfile.parse import parse_modelfile, quote
+        from harness.modelfile.render import render_modelfile
 
         started = time.perf_counter() if started is None else started
         if modelfile_template is None:
