@@ -333,7 +333,7 @@ def rss_of(pid: int) -> int:
 
 
 @dataclass(frozen=True)
-class RunnerProcess:
+class RunnerSnapshot:
     """A child of the server (a model runner) and its resident bytes (`rss_of`)."""
 
     pid: int
@@ -341,7 +341,7 @@ class RunnerProcess:
     rss_bytes: int
 
 
-def runner_processes(server_pid: int) -> list[RunnerProcess]:
+def runner_processes(server_pid: int) -> list[RunnerSnapshot]:
     """All live descendants of `server_pid` (Ollama's llama-server, the embedded engine's runners)."""
     try:
         children = psutil.Process(server_pid).children(recursive=True)
@@ -352,7 +352,7 @@ def runner_processes(server_pid: int) -> list[RunnerProcess]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
-            found.append(RunnerProcess(child.pid, child.cmdline(), rss_of(child.pid)))
+            found.append(RunnerSnapshot(child.pid, child.cmdline(), rss_of(child.pid)))
     return found
 
 
@@ -441,8 +441,8 @@ class UnloadCheck:
     """What unloading did: gone from /api/ps, runners that exited, and memory they gave back."""
 
     ps_gone: bool
-    runners_before: list[RunnerProcess]
-    runners_after: list[RunnerProcess] = field(default_factory=list)
+    runners_before: list[RunnerSnapshot]
+    runners_after: list[RunnerSnapshot] = field(default_factory=list)
     wait_s: float = 0.0
 
     @property

@@ -197,12 +197,6 @@ class OllamaClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def async_client(self) -> ollama.AsyncClient:
-        """An official `ollama.AsyncClient` for the same server and limits (for load generation)."""
-        return ollama.AsyncClient(
-            host=self.url, timeout=self._timeouts(self.stall_timeout), verify=verify_for(self.url)
-        )
-
     def _error(
         self,
         request: str,
@@ -225,49 +219,18 @@ class OllamaClient:
                 message = f"{where} answered {request} with HTTP {error.status_code}{said}"
             return OllamaRequestError(
                 message,
-                _status_hint(error.status_code, error.error),
+                STATUS_HINTS.get(error.status_code, DEFAULT_STATUS_HINT),
                 request=request,
                 status_code=error.status_code,
                 server_message=error.error,
             )
-        if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)):
-            return ServerError(
-                f"{where} is not answering: {_cause(error)}",
-                "start the server (ollama serve, or let the harness start its engine) or check the host",
-            )
-        if isinstance(error, httpx.ReadTimeout) and stall is None:
-            waited = f"{read_timeout:g} s" if read_timeout is not None else "the read timeout"
-            return OllamaRequestError(
-                f"{where} did not answer {request} within {waited} (read timeout)",
-                "the server is busy or hung; raise the timeout or read the server log",
-                request=request,
-            )
-        if isinstance(error, httpx.ReadTimeout):
-            waited = f"{stall:g} s"
-            what = "no first token" if chunks == 0 else f"no data after {chunks} chunks"
-            return OllamaRequestError(
-                f"{where} stalled on {request}: {what} for {waited}",
-                "the model may load slowly or its runner hung; raise the stall timeout, read the server log",
-                request=request,
-            )
-        if isinstance(error, httpx.TimeoutException):
-            return OllamaRequestError(
-                f"{where} did not finish {request} in time: {type(error).__name__}",
-                "raise the timeout or check the server",
-                request=request,
-            )
-        if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            return OllamaRequestError(
-                f"{where} closed the connection during {request}: {error} (did the server crash?)",
-                "check that the server is still running and read its log",
-                request=request,
-            )
-        if isinstance(error, pydantic.ValidationError):
-            return OllamaRequestError(
-                f"invalid {request}: {error.errors()[0].get('msg', error)}",
-                "check the request's arguments",
-                request=request,
-            )
+        failure = _Failure(where, request, error, stall, chunks, read_timeout)
+        for types, describe in TRANSPORT_FAILURES:
+            if isinstance(error, types):
+                message, hint = describe(failure)
+                if isinstance(error, CONNECT_ERRORS):
+                    return ServerError(message, hint)
+                return OllamaRequestError(message, hint, request=request)
         return OllamaRequestError(
             f"{where}: {request} failed: {type(error).__name__}: {error}", "check the server", request=request
         )
@@ -654,18 +617,80 @@ def _absorb(completion: Completion, chunk: Any, now: float) -> None:
         completion.eval_duration_s = _seconds(chunk.eval_duration)
 
 
-def _status_hint(status: int, text: str) -> str:
-    if status == 404:
-        return "create or pull the model first, or check its name"
-    if status == 400:
-        return "the server rejected the request as invalid; its message says what to fix"
-    if status == 503:
-        return "the server's queue is full; retry later or lower the concurrency"
-    if status == 403:
+# What to do about an HTTP status from the server.
+STATUS_HINTS: dict[int, str] = {
+    404: "create or pull the model first, or check its name",
+    400: "the server rejected the request as invalid; its message says what to fix",
+    503: "the server's queue is full; retry later or lower the concurrency",
+    403: "Ollama refuses a browser Origin outside OLLAMA_ORIGINS, and (on a loopback bind) a Host header "
+    "naming another machine: reach it as localhost or by IP address, or set OLLAMA_ORIGINS",
+    -1: "the server failed part-way through; its log has the details",
+}
+DEFAULT_STATUS_HINT = "read the server's message; the server log may say more"
+CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed request, as the descriptions below see it."""
+
+    where: str
+    request: str
+    error: BaseException
+    stall: float | None  # the stall limit of a streamed request
+    chunks: int
+    read_timeout: float | None  # the limit of a plain request
+
+
+def _not_answering(failure: _Failure) -> tuple[str, str]:
+    return (
+        f"{failure.where} is not answering: {_cause(failure.error)}",
+        "start the server (ollama serve, or let the harness start its engine) or check the host",
+    )
+
+
+def _read_timeout(failure: _Failure) -> tuple[str, str]:
+    if failure.stall is None:
+        waited = f"{failure.read_timeout:g} s" if failure.read_timeout is not None else "the read timeout"
         return (
-            "Ollama refuses a browser Origin outside OLLAMA_ORIGINS, and (on a loopback bind) a Host header "
-            "naming another machine: reach it as localhost or by IP address, or set OLLAMA_ORIGINS"
+            f"{failure.where} did not answer {failure.request} within {waited} (read timeout)",
+            "the server is busy or hung; raise the timeout or read the server log",
         )
-    if status == -1:
-        return "the server failed part-way through; its log has the details"
-    return "read the server's message; the server log may say more"
+    what = "no first token" if failure.chunks == 0 else f"no data after {failure.chunks} chunks"
+    return (
+        f"{failure.where} stalled on {failure.request}: {what} for {failure.stall:g} s",
+        "the model may load slowly or its runner hung; raise the stall timeout, read the server log",
+    )
+
+
+def _other_timeout(failure: _Failure) -> tuple[str, str]:
+    return (
+        f"{failure.where} did not finish {failure.request} in time: {type(failure.error).__name__}",
+        "raise the timeout or check the server",
+    )
+
+
+def _connection_closed(failure: _Failure) -> tuple[str, str]:
+    return (
+        f"{failure.where} closed the connection during {failure.request}: {failure.error} (did the server "
+        "crash?)",
+        "check that the server is still running and read its log",
+    )
+
+
+def _invalid_request(failure: _Failure) -> tuple[str, str]:
+    error = failure.error
+    detail = error.errors()[0].get("msg", error) if isinstance(error, pydantic.ValidationError) else error
+    return f"invalid {failure.request}: {detail}", "check the request's arguments"
+
+
+# Transport and client failures, first match wins: (exception types, message and hint).
+TRANSPORT_FAILURES: tuple[
+    tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[_Failure], tuple[str, str]]], ...
+] = (
+    (CONNECT_ERRORS, _not_answering),
+    (httpx.ReadTimeout, _read_timeout),
+    (httpx.TimeoutException, _other_timeout),
+    ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError), _connection_closed),
+    (pydantic.ValidationError, _invalid_request),
+)
