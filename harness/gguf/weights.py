@@ -4,7 +4,8 @@
   so the same spec gives the same bytes). The `output` rows of control, unknown and byte tokens are zero,
   so their logits are exactly 0, while the max over hundreds of random word-piece logits is positive with
   overwhelming probability: greedy decoding emits word pieces only, never lone byte tokens (which break
-  real Ollama's streaming, see OLLAMA-OBSERVED.md) and never EOS. Sampling at temperature > 0 can still
+  real Ollama 0.33's streaming: llama-server rejects the output and the stream ends without done)
+  and never EOS. Sampling at temperature > 0 can still
   pick them.
 - `oracle`: attention and FFN outputs are zero (`attn_output`, `ffn_down`), so each token's embedding passes
   unchanged through the residual stream; chain tokens get orthonormal embedding directions and the
