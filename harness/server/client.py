@@ -33,6 +33,13 @@ from ollama._client import _parse_host  # the official client's host parsing (OL
 from harness.errors import GGUFReadError, ServerError
 from harness.http_tls import verify_for
 from harness.modelfile.parse import Command, Modelfile
+from harness.server.failures import (
+    CONNECT_ERRORS,
+    DEFAULT_STATUS_HINT,
+    STATUS_HINTS,
+    TRANSPORT_FAILURES,
+    Failure,
+)
 
 __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaRequestError", "parse_version"]
 
@@ -129,22 +136,6 @@ def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
 
 
-def _cause(error: BaseException) -> str:
-    """A short cause for a transport error, looking through the official client's re-raises."""
-    inner: BaseException = error
-    if isinstance(error, ConnectionError) and error.__context__ is not None:
-        inner = error.__context__
-    text = str(inner) or type(inner).__name__
-    lowered = text.lower()
-    if "connection refused" in lowered or "errno 111" in lowered:
-        return "connection refused"
-    if "name or service not known" in lowered or "nodename nor servname" in lowered:
-        return "unknown host name"
-    if isinstance(inner, httpx.ConnectTimeout):
-        return "connecting timed out"
-    return text
-
-
 class OllamaClient:
     """A connection to one Ollama server.
 
@@ -224,7 +215,7 @@ class OllamaClient:
                 status_code=error.status_code,
                 server_message=error.error,
             )
-        failure = _Failure(where, request, error, stall, chunks, read_timeout)
+        failure = Failure(where, request, error, stall, chunks, read_timeout)
         for types, describe in TRANSPORT_FAILURES:
             if isinstance(error, types):
                 message, hint = describe(failure)
@@ -615,82 +606,3 @@ def _absorb(completion: Completion, chunk: Any, now: float) -> None:
         completion.prompt_eval_duration_s = _seconds(chunk.prompt_eval_duration)
         completion.eval_count = chunk.eval_count
         completion.eval_duration_s = _seconds(chunk.eval_duration)
-
-
-# What to do about an HTTP status from the server.
-STATUS_HINTS: dict[int, str] = {
-    404: "create or pull the model first, or check its name",
-    400: "the server rejected the request as invalid; its message says what to fix",
-    503: "the server's queue is full; retry later or lower the concurrency",
-    403: "Ollama refuses a browser Origin outside OLLAMA_ORIGINS, and (on a loopback bind) a Host header "
-    "naming another machine: reach it as localhost or by IP address, or set OLLAMA_ORIGINS",
-    -1: "the server failed part-way through; its log has the details",
-}
-DEFAULT_STATUS_HINT = "read the server's message; the server log may say more"
-CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    """A failed request, as the descriptions below see it."""
-
-    where: str
-    request: str
-    error: BaseException
-    stall: float | None  # the stall limit of a streamed request
-    chunks: int
-    read_timeout: float | None  # the limit of a plain request
-
-
-def _not_answering(failure: _Failure) -> tuple[str, str]:
-    return (
-        f"{failure.where} is not answering: {_cause(failure.error)}",
-        "start the server (ollama serve, or let the harness start its engine) or check the host",
-    )
-
-
-def _read_timeout(failure: _Failure) -> tuple[str, str]:
-    if failure.stall is None:
-        waited = f"{failure.read_timeout:g} s" if failure.read_timeout is not None else "the read timeout"
-        return (
-            f"{failure.where} did not answer {failure.request} within {waited} (read timeout)",
-            "the server is busy or hung; raise the timeout or read the server log",
-        )
-    what = "no first token" if failure.chunks == 0 else f"no data after {failure.chunks} chunks"
-    return (
-        f"{failure.where} stalled on {failure.request}: {what} for {failure.stall:g} s",
-        "the model may load slowly or its runner hung; raise the stall timeout, read the server log",
-    )
-
-
-def _other_timeout(failure: _Failure) -> tuple[str, str]:
-    return (
-        f"{failure.where} did not finish {failure.request} in time: {type(failure.error).__name__}",
-        "raise the timeout or check the server",
-    )
-
-
-def _connection_closed(failure: _Failure) -> tuple[str, str]:
-    return (
-        f"{failure.where} closed the connection during {failure.request}: {failure.error} (did the server "
-        "crash?)",
-        "check that the server is still running and read its log",
-    )
-
-
-def _invalid_request(failure: _Failure) -> tuple[str, str]:
-    error = failure.error
-    detail = error.errors()[0].get("msg", error) if isinstance(error, pydantic.ValidationError) else error
-    return f"invalid {failure.request}: {detail}", "check the request's arguments"
-
-
-# Transport and client failures, first match wins: (exception types, message and hint).
-TRANSPORT_FAILURES: tuple[
-    tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[_Failure], tuple[str, str]]], ...
-] = (
-    (CONNECT_ERRORS, _not_answering),
-    (httpx.ReadTimeout, _read_timeout),
-    (httpx.TimeoutException, _other_timeout),
-    ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError), _connection_closed),
-    (pydantic.ValidationError, _invalid_request),
-)
