@@ -22,6 +22,7 @@ from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.options import OptionError, completion_fields, merge_options
+from harness.engine.prompt import ollama_template, render_chat, render_generate
 from harness.engine.routing import (
     ApiError,
     error_body,
@@ -171,7 +172,6 @@ class Engine:
     def _capabilities(self, manifest: Manifest, info: GGUFInfo | None = None) -> list[str]:
         """The model's capabilities (capabilities.py), cached per model and template layer: the files are read
         only on a miss (`info`, when the caller has read the model's header already)."""
-        from harness.engine.prompt import ollama_template
 
         model_layer, template_layer = manifest.layer(MEDIA_MODEL), manifest.layer(MEDIA_TEMPLATE)
         assert model_layer is not None
@@ -415,8 +415,6 @@ class Engine:
         if body.get("raw"):
             text = prompt
         else:
-            from harness.engine.prompt import render_generate
-
             template = body.get("template") or self._layer_text(manifest, MEDIA_TEMPLATE)
             try:
                 text = render_generate(
@@ -452,7 +450,6 @@ class Engine:
             check_request("chat", raw_name, self._capabilities(manifest), body)
         if not messages:
             return await self._load_or_unload(manifest, body, message(""))
-        from harness.engine.prompt import render_chat
 
         try:
             text = render_chat(

@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from harness.engine.godecode import ANY, BOOL, INT, STRING, GoDecodeError, GoField, check_field_types
 from harness.engine.routing import ApiError
 from harness.engine.runner import RunnerDiedError, RunnerProcess, RunnerRequestError
+from harness.gguf.reader import read_gguf_header
 
 if TYPE_CHECKING:
     from harness.engine.scheduler import LoadedModel
@@ -188,7 +189,6 @@ def raw_legacy_embeddings(metadata: Mapping[str, object]) -> bool:
 @functools.lru_cache(maxsize=32)
 def embedding_facts(model_path: Path) -> EmbeddingFacts:
     """The facts of a model blob (blobs are content-addressed, so they are read once)."""
-    from harness.gguf.reader import read_gguf_header
 
     header = read_gguf_header(model_path)
     metadata = {key: entry.value for key, entry in header.kvs.items()}

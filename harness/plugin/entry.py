@@ -168,6 +168,7 @@ def ollama_client(harness_session: Any) -> Any:
 @pytest.fixture(scope="session")
 def fixture_models(harness_session: Any) -> Iterator[Any]:
     """`fixture_models(profile)`: the session's model for a fixture profile, built and created once."""
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.plugin.models import ModelFactory
 
     factory = ModelFactory(harness_session)
@@ -190,6 +191,7 @@ def model_under_test(
     Most tests need it, so when it cannot be set up the run ends at once with the reason (exit status 2).
     A matrix type the server cannot quantize to skips its tests with the reason instead.
     """
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.plugin.matrix import QuantizeNotSupported, record_matrix_entry
 
     options = harness_session.options
@@ -221,6 +223,7 @@ def run_quality_suite(
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
     --repeats, --num-predict), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.quality.run import run_quality_suite as run_suite
     from harness.quality.suite_data import load_suite
 

@@ -70,6 +70,7 @@ class HarnessPlugin:
     def start(self) -> HarnessSession:
         """Start the session (run folder, server); raises HarnessError."""
         if self.harness is None:
+            # lazy: pytest loads this plugin in every run; a session's modules load when it starts
             from harness.plugin.session import (
                 HarnessSession,  # imports the client and the engine only when active
             )
@@ -80,6 +81,7 @@ class HarnessPlugin:
             self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
             self.server_time = log_server_time(self.harness)
             if options.matrix:
+                # lazy: pytest loads this plugin in every run; a session's modules load when it starts
                 from harness.plugin.matrix import matrix_meta
 
                 self.harness.recorder.update({"matrix": matrix_meta(options.matrix)})

@@ -164,6 +164,7 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
         from harness.plugin.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
 
         matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.plugin.hosts import parse_hosts
 
     hosts = parse_hosts(get("ollama_host"))

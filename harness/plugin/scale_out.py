@@ -120,6 +120,7 @@ class ScaleOutPlugin(HarnessPlugin):
 
     def session_for(self, host: str | None) -> HarnessSession:
         """The session of one host (None: the single host, or the default resolution), started once."""
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
         from harness.plugin.session import HarnessSession
 
         self.start()

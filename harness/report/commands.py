@@ -105,7 +105,7 @@ def run_report(args: argparse.Namespace) -> int:
             )
         print(render_history(args.history, keys, rows, args.format), end="")
         if args.plot:
-            from harness.report.plot import plot_history
+            from harness.report.plot import plot_history  # matplotlib, an optional extra: only for --plot
 
             plot_history(args.history, keys, rows, args.plot)
         return 0
@@ -129,7 +129,7 @@ def run_report(args: argparse.Namespace) -> int:
     )
     print(render_report(report, args.format), end="")
     if args.plot:
-        from harness.report.plot import plot_report
+        from harness.report.plot import plot_report  # matplotlib, an optional extra: only for --plot
 
         plot_report(report, args.plot)
     return report.exit_status
