@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import ssl
 
+from harness.ollama_host import parse_host
+
 
 @functools.cache
 def _default_context() -> ssl.SSLContext:
@@ -22,6 +24,4 @@ def _default_context() -> ssl.SSLContext:
 def verify_for(host: str | None) -> bool | ssl.SSLContext:
     """The `verify` argument for an httpx (or ollama) client of `host` (a URL or an OLLAMA_HOST value,
     read by the official client's rules: port 443 means https)."""
-    from ollama._client import _parse_host
-
-    return _default_context() if _parse_host(host).lower().startswith("https://") else False
+    return _default_context() if parse_host(host).lower().startswith("https://") else False

@@ -23,7 +23,7 @@ fi
 # Re-install only when pyproject.toml changed since the last install.
 stamp="$venv/.harness-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-    echo "setup: installing ollama-harness and its dependencies into $venv" >&2
+    echo "setup: installing ollama-test-harness and its dependencies into $venv" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${root}[dev]"
     touch "$stamp"

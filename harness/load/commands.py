@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import DISTRIBUTION
 from harness.errors import HarnessError
 from harness.load.generator import LoadResult, RequestSample, base_url, run_closed_loop
 from harness.runs import RunRecorder
@@ -121,7 +122,7 @@ def run_locust(
     if not requests and not duration_s:
         raise HarnessError("a Locust run needs an end", "pass --requests N or --duration S (or both)")
     if importlib.util.find_spec("locust") is None:
-        raise HarnessError("Locust is not installed", "pip install 'ollama-harness[scale]' (or locust)")
+        raise HarnessError("Locust is not installed", f"pip install '{DISTRIBUTION}[scale]' (or locust)")
     url = base_url(host)
     port = _free_port()
     with contextlib.ExitStack() as stack:

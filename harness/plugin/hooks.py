@@ -64,6 +64,7 @@ class HarnessPlugin:
         self.model_under_test: str | None = None
         self.server_time: ServerTimeLog | None = None
         self._previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
+        self._sessionstart_seen = False
 
     # -------------------------------------------------------------------------------------------- start
 
@@ -89,6 +90,10 @@ class HarnessPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._sessionstart_seen = True
+        self._start_or_exit()
+
+    def _start_or_exit(self) -> None:
         if self.config.option.collectonly:
             return
         try:
@@ -96,6 +101,17 @@ class HarnessPlugin:
         except HarnessError as error:
             pytest.exit(f"ollama-harness cannot start: {error}", returncode=EXIT_CANNOT_START)
         self._install_sigterm()
+
+    def _start_late(self) -> None:
+        """Start a session activated after pytest's session start (`pytest --pyargs harness.data.suites`
+        finds the suites' conftest only while collecting), and print the header it missed."""
+        self._sessionstart_seen = True
+        self._start_or_exit()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        lines = self.pytest_report_header(self.config)
+        if reporter is not None and lines:
+            for line in lines:
+                reporter.write_line(line)
 
     def _install_sigterm(self) -> None:
         """SIGTERM ends the run like Ctrl-C: fixtures clean up and the run is kept, marked incomplete."""
@@ -154,6 +170,8 @@ class HarnessPlugin:
         return self.start()
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not self._sessionstart_seen:
+            self._start_late()
         options = self.current_options()
         for item in items:
             if item.get_closest_marker("timeout") is None:

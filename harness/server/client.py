@@ -28,11 +28,11 @@ from typing import Any, TypeVar
 import httpx
 import ollama
 import pydantic
-from ollama._client import _parse_host  # the official client's host parsing (OLLAMA_HOST forms)
 
 from harness.errors import GGUFReadError, ServerError
 from harness.http_tls import verify_for
 from harness.modelfile.parse import Command, Modelfile, parse_modelfile
+from harness.ollama_host import parse_host
 from harness.server.failures import (
     CONNECT_ERRORS,
     DEFAULT_STATUS_HINT,
@@ -152,7 +152,7 @@ class OllamaClient:
         stall_timeout: float | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        self.url = _parse_host(host)
+        self.url = parse_host(host)
         self.timeout = timeout
         self.stall_timeout = stall_timeout if stall_timeout is not None else timeout
         self.connect_timeout = connect_timeout
