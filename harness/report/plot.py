@@ -1,6 +1,6 @@
 """`harness report --plot FILE.png`: latency distributions (current against baseline) and a metric's history.
 
-matplotlib is an optional extra (`pip install 'ollama-test-harness[plot]'`); it is imported here, when asked for.
+matplotlib is an optional extra (`pip install 'ollama-test-harness[plot]'`), imported here when asked for.
 """
 
 from __future__ import annotations
