@@ -220,10 +220,10 @@ def test_oracle_continuation_through_the_modelfile_template(ollama_client: Any, 
 def test_oracle_output_is_the_same_in_every_matrix_type(
     harness_session: Any, ollama_client: Any, fixture_models: Any
 ) -> None:
-    """--matrix: the oracle built in each type gives the same exact reply (its margin survives q4_0)."""
+    """--harness-matrix: the oracle built in each type gives the same exact reply (margin survives q4_0)."""
     types = harness_session.options.matrix
     if len(types) < 2:
-        pytest.skip("no --matrix of two or more tensor types")
+        pytest.skip("no --harness-matrix of two or more tensor types")
     replies = {}
     for tensor_type in types:
         oracle = fixture_models.from_profile("oracle", tensor_type=tensor_type)

@@ -149,7 +149,7 @@ class HarnessPlugin:
     # -------------------------------------------------------------------------------------------- collection
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        """--matrix: every test of the model under test runs once per tensor type (a session-scoped
+        """--harness-matrix: every test of the model under test runs once per tensor type (a session-scoped
         parameter, so each type's model is set up once and its tests run together)."""
         if "matrix_type" not in metafunc.fixturenames:
             return
@@ -181,7 +181,7 @@ class HarnessPlugin:
             fixture_weights = item.get_closest_marker("fixture_weights")
             if fixture_weights is not None and not options.uses_fixture_model:
                 reason = fixture_weights.args[0] if fixture_weights.args else "it needs the fixture models"
-                item.add_marker(pytest.mark.skip(reason=f"--model/--gguf given: {reason}"))
+                item.add_marker(pytest.mark.skip(reason=f"--harness-model/--harness-gguf given: {reason}"))
             if item.get_closest_marker("quality") is not None and options.uses_fixture_model:
                 item.add_marker(
                     pytest.mark.xfail(

@@ -2,8 +2,8 @@
 
 `HarnessSession.start` opens the run folder first (so that even a failure to reach the server is recorded),
 then reaches the server (`harness.server`), reads its version, and keeps everything on an `ExitStack` that
-`finish` unwinds: models this session created are deleted (unless --keep-models), an embedded engine is
-stopped, and the run is marked complete or incomplete with the reason.
+`finish` unwinds: models this session created are deleted (unless --harness-keep-models), an embedded engine
+is stopped, and the run is marked complete or incomplete with the reason.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class HarnessSession:
                 self.recorder.update({"models": [entry.to_record() for entry in self.models]})
 
     def delete_created_models(self) -> list[str]:
-        """Delete every model this session created (unless --keep-models); returns the problems met."""
+        """Delete every model this session created (unless --harness-keep-models); returns the problems."""
         problems: list[str] = []
         if self.options.keep_models or self.client is None or self.server_down is not None:
             return problems

@@ -208,7 +208,8 @@ def reach_server(
             url=started.url,
             kind="embedded",
             how=(
-                f"{'--embedded-engine:' if embedded else f'nothing answered at {request.host}, so'} this "
+                f"{'--harness-embedded-engine:' if embedded else f'nothing answered at {request.host}, so'} "
+                "this "
                 f"session started the embedded engine at {started.host} (pid {started.pid}, models in "
                 f"{models_dir})"
             ),
