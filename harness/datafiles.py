@@ -29,4 +29,4 @@ def data_dir(folder: str) -> Path:
     if in_checkout():
         return _CHECKOUT / folder
     # A wheel installs as plain files, so the package's resources are a real folder on disk.
-    return Path(str(resources.files("harness").joinpath(PACKAGED_DATA, folder)))
+    return Path(str(resources.files("harness") / PACKAGED_DATA / folder))
