@@ -223,8 +223,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--users", type=int, default=4, help="concurrent streams (default 4)")
     parser.add_argument("--requests", type=int, help="requests in all")
     parser.add_argument("--duration", type=float, help="seconds (Locust only)")
-    parser.add_argument("--api", choices=("generate", "chat"), default="generate")
-    parser.add_argument("--prompt", default="Why is the sky blue? Be brief.")
+    parser.add_argument(
+        "--api",
+        choices=("generate", "chat"),
+        default="generate",
+        help="the endpoint to load (default generate)",
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Why is the sky blue? Be brief.",
+        help="the prompt of every request (chat: as the user)",
+    )
     parser.add_argument("--options", default="{}", help="request options as a JSON object")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument("--scenario", help="scenario name in the run record (default from the settings)")
