@@ -250,7 +250,7 @@ def test_random_weights_generate_without_error(ollama_client: Any, fixture_model
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind_name", sorted(BROKEN_KINDS))
 def test_broken_gguf_is_rejected_with_its_cause(
-    kind_name: str, harness_session: Any, ollama_client: Any, record_property: Any
+    kind_name: str, harness_session: Any, ollama_client: Any, harness_property: Any
 ) -> None:
     kind = BROKEN_KINDS[kind_name]
     spec = load_profile(BROKEN_BASE_PROFILE)
@@ -258,9 +258,9 @@ def test_broken_gguf_is_rejected_with_its_cause(
     findings = check_gguf(path, deep=kind.deep)
     name = unique_model_name(f"broken-{kind_name}", spec.spec_hash(), harness_session.recorder.run_id)
     stage, error = _create_and_load(ollama_client, name, path)
-    record_property("stage", stage)
-    record_property("error", error)
-    record_property("checker_codes", [finding.code for finding in findings.errors])
+    harness_property("stage", stage)
+    harness_property("error", error)
+    harness_property("checker_codes", [finding.code for finding in findings.errors])
     assert harness_session.check_server() is None, (
         f"the server died on {kind_name}: {harness_session.server_down}"
     )

@@ -186,6 +186,20 @@ def fixture_models(harness_session: Any) -> Iterator[Any]:
     yield factory
 
 
+@pytest.fixture
+def harness_property(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    """`harness_property(name, value)`: a fact about this test for run.json and --junitxml.
+
+    Like pytest's `record_property`, without its warning under the default junit family (xunit2): the value
+    goes to the test report's `user_properties`, which run.json keeps and which pytest's junitxml writes as
+    the test case's `<property>` elements in every family."""
+
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    return record
+
+
 @pytest.fixture(scope="session")
 def matrix_type(request: pytest.FixtureRequest) -> str | None:
     """The tensor type of this --harness-matrix parameter (None without --harness-matrix)."""
