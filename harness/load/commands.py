@@ -13,6 +13,7 @@ a worker that died or lost samples makes the run incomplete, with the reason.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib.util
 import json
@@ -20,6 +21,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from typing import Any
 from harness import DISTRIBUTION
 from harness.errors import HarnessError
 from harness.load.generator import LoadResult, RequestSample, base_url, run_closed_loop
+from harness.progress import Progress, StreamProgress
 from harness.runs import RunRecorder
 
 MASTER_LOG = "locust-master.log"
@@ -302,15 +306,54 @@ def handle(args: argparse.Namespace) -> int:
         raise HarnessError(
             "an in-process run needs --requests N", "e.g. --requests 100 (--duration is Locust's)"
         )
+    progress = LoadProgress(args.requests, StreamProgress())
     with RunRecorder.create(run_dir, {**meta, "server": _server_meta(args.host)}) as recorder:
         result = run_closed_loop(
             args.host, args.model, concurrency=args.users, requests=args.requests, prompt=args.prompt,
             options=options, timeout_s=args.timeout, api=args.api, transport="httpx",
+            on_sample=progress.sample,
         )  # fmt: skip
+        progress.close()
         record = result.to_record(args.model, args.scenario or f"c{args.users}")
         record.update(host=args.host, runner="harness.load")
         recorder.append(record)
     return _print(recorder, result, [])
+
+
+class LoadProgress:
+    """`load: 37/200 requests, 1 error, 12.3 req/s`: requests done, errors, and the rate over the last
+    `window_s` seconds, as a status line (on a terminal only: harness.progress.StreamProgress)."""
+
+    def __init__(
+        self,
+        total: int,
+        progress: Progress,
+        *,
+        window_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.progress = progress
+        self.window_s = window_s
+        self.clock = clock
+        self.done = 0
+        self.errors = 0
+        self._ends: collections.deque[float] = collections.deque()
+        self.started = clock()
+
+    def sample(self, sample: RequestSample) -> None:
+        now = self.clock()
+        self.done += 1
+        self.errors += sample.outcome != "ok"
+        self._ends.append(now)
+        while self._ends and self._ends[0] < now - self.window_s:
+            self._ends.popleft()
+        rate = len(self._ends) / max(min(self.window_s, now - self.started), 1e-3)
+        errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
+        self.progress.update(f"load: {self.done}/{self.total} requests, {errors}, {rate:.1f} req/s")
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def _print(recorder: RunRecorder, result: LoadResult, problems: list[str]) -> int:

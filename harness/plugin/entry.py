@@ -275,6 +275,7 @@ def run_quality_suite(
             threshold=options.threshold(suite.name, model_under_test.name, suite.threshold),
             repeats=options.repeats,
             expected_to_fail=options.uses_fixture_model,
+            progress=harness_session.progress,
         )
 
     return run

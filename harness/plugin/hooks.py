@@ -22,6 +22,7 @@ from harness.plugin.options import (
     SuiteOptions,
     options_from_pytest,
 )
+from harness.plugin.progress import TerminalProgress
 from harness.server_time import ServerTimeLog
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class HarnessPlugin:
             started = time.perf_counter()
             options = options_from_pytest(self.config)
             self.harness = HarnessSession.start(options, suites=[str(arg) for arg in self.config.args])
+            self.harness.show_progress(TerminalProgress(self.config))
             self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
             self.server_time = log_server_time(self.harness)
             if options.matrix:

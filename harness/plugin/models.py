@@ -184,7 +184,12 @@ class ModelFactory:
             spec = load_profile(profile)
             if tensor_type is not None:
                 spec = spec.replace(tensor_type=tensor_type)
+            progress = self.session.progress
+            progress.update(f"{spec.name}: building the GGUF file (or taking it from the cache)")
             built = build_cached(spec)
+            progress.note(
+                f"{spec.name}: GGUF {'from the cache' if built.from_cache else 'built'}: {built.path}"
+            )
             kind = f"{spec.name}-{tensor_type}" if tensor_type else spec.name
             self._by_key[key] = self._create(
                 kind,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError, ServerError
 from harness.plugin.hosts import HostRecorder
 from harness.plugin.options import SuiteOptions
+from harness.progress import NO_PROGRESS, Progress
 from harness.runs import RunRecorder
 from harness.server.reach import Server, reach_server, requested_host
 
@@ -62,6 +63,13 @@ class HarnessSession:
         self.models: list[ModelUnderTest] = []
         self.server_down: str | None = None
         self.interrupted: str | None = None
+        self.progress: Progress = NO_PROGRESS  # set by the plugin: harness.plugin.progress
+
+    def show_progress(self, progress: Progress) -> None:
+        """Report model set-up and quality prompts to `progress` (the client's uploads and creates too)."""
+        self.progress = progress
+        if self.client is not None:
+            self.client.progress = progress
 
     @classmethod
     def start(
