@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
 from harness.runs import RunRecord, load_run
 from harness.server.client import OllamaClient
-from harness.testing.helpers import run_pytest
+from harness.testing.helpers import pytest_command, run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = REPO / "suites"
@@ -264,16 +263,7 @@ def test_an_interrupted_run_is_kept_incomplete_and_leaves_no_server(tmp_path: Pa
     reports = tmp_path / "reports"
     env = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--harness-run-dir",
-            str(reports),
-            "--harness-embedded-engine",
-        ],
+        pytest_command(reports, "--harness-embedded-engine"),
         cwd=suite,
         env=env,
         stdout=subprocess.PIPE,

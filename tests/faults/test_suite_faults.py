@@ -27,7 +27,7 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.runs import RunRecord, load_run
-from harness.testing.helpers import wait_until
+from harness.testing.helpers import pytest_command, wait_until
 
 from .conftest import start_engine
 
@@ -47,16 +47,7 @@ class SuiteRun:
         env = {
             key: value for key, value in os.environ.items() if key not in ("OLLAMA_HOST", "PYTEST_ADDOPTS")
         }
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--harness-run-dir",
-            str(reports),
-            *args,
-        ]
+        command = pytest_command(reports, *args)
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
