@@ -27,6 +27,7 @@ from harness.plugin.matrix import (
 )
 from harness.plugin.models import ModelFactory
 from harness.plugin.options import SuiteOptions
+from harness.progress import NO_PROGRESS
 from harness.report.matrix import matrix_table, matrix_to_json, request_stats, summarise_matrix
 from harness.runs import RunRecorder, load_run
 from harness.server.client import Completion, OllamaClient
@@ -184,6 +185,7 @@ def _factory(engine: Any, client: OllamaClient, reports: Path, *, keep_models: b
         recorder=recorder,
         require_client=lambda: client,
         add_model=added.append,
+        progress=NO_PROGRESS,
     )
     return ModelFactory(session)
 

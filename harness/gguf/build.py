@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ class BuiltModel:
     sha256: str
     size: int
     spec_hash: str
-    from_cache: bool = False  # build_cached found it built
+    from_cache: bool = field(default=False, compare=False)  # build_cached found it built (not identity)
 
 
 def build_gguf(spec: ModelSpec, path: str | os.PathLike[str], *, progress: bool | None = None) -> BuiltModel:
