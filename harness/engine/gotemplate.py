@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["GoStruct", "GoTemplate", "TemplateError", "parse_template"]
+__all__ = ["GoStruct", "GoTemplate", "TemplateError", "go_json", "parse_template"]
 
 _SPACE = " \t\r\n"
 _KEYWORDS = {"if", "else", "end", "range", "with", "break", "continue", "template", "define", "block"}
@@ -56,12 +56,14 @@ class TemplateError(ValueError):
 class GoStruct:
     """A Go struct value: a fixed set of fields; reading any other field is an error, as in Go.
 
-    `json_value` is what Ollama's `json` function would marshal it to (defaults to the fields).
+    `json_value` is what Ollama's `json` function would marshal it to (defaults to the fields); `text`, when
+    set, is what its Go `String()` method returns, which printing shows instead of the fields.
     """
 
     type_name: str
     fields: Mapping[str, Any]
     json_value: Any = None
+    text: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -639,6 +641,8 @@ def go_string(value: Any, *, top: bool = True) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, GoStruct):
+        if value.text is not None:
+            return value.text
         return "{" + " ".join(go_string(v, top=False) for v in value.fields.values()) + "}"
     if isinstance(value, Mapping):
         items = " ".join(f"{go_string(k, top=False)}:{go_string(value[k], top=False)}" for k in sorted(value))
@@ -658,11 +662,11 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _go_json(value: Any) -> str:
-    """Ollama's template function `json`: Go's json.Marshal (compact, HTML-safe escapes)."""
-    text = json.dumps(
-        _json_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=isinstance(value, Mapping)
-    )
+def go_json(value: Any, *, sort_keys: bool | None = None) -> str:
+    """Ollama's template function `json`: Go's json.Marshal (compact, HTML-safe escapes). Keys are sorted
+    for a map (a Mapping), kept in order for a struct, unless `sort_keys` says otherwise."""
+    sort = isinstance(value, Mapping) if sort_keys is None else sort_keys
+    text = json.dumps(_json_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=sort)
     for char, escape in (
         ("<", "\\u003c"),
         (">", "\\u003e"),
@@ -809,7 +813,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "print": _print,
     "println": _println,
     "printf": _printf,
-    "json": _go_json,
+    "json": go_json,
 }
 
 
@@ -991,6 +995,39 @@ class _Executor:
 # ---------------------------------------------------------------------------------------------- template
 
 
+def _if_on_field(nodes: Sequence[Any], name: str) -> _Branch | None:
+    """The first `{{ if }}` whose pipeline has the field `name` as an argument, searched as Ollama's
+    `tools.findToolCallNode` searches (into if, range and with bodies and their else parts)."""
+    for node in nodes:
+        if not isinstance(node, _Branch):
+            continue
+        if node.kind == "if" and any(
+            isinstance(arg, _Field) and name in arg.idents for cmd in node.pipe.cmds for arg in cmd.args
+        ):
+            return node
+        for body in (node.body, node.else_body or ()):
+            found = _if_on_field(body, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_text(nodes: Sequence[Any]) -> str | None:
+    """The first text that is not blank, stopping at the first action or branch (Ollama's
+    `tools.findTextNode`)."""
+    for node in nodes:
+        if isinstance(node, _Text) and node.text.strip():
+            return node.text
+        if isinstance(node, _Action):
+            return None
+        if isinstance(node, _Branch):
+            found = _first_text(node.body)
+            if found is None and node.else_body is not None:
+                found = _first_text(node.else_body)
+            return found
+    return None
+
+
 def _identifiers(node: Any) -> Iterator[str]:
     """Field and variable names a node uses, walked the way Ollama's template.Identifiers walks them."""
     if isinstance(node, (list, tuple)):
@@ -1083,6 +1120,12 @@ class GoTemplate:
     def vars(self) -> list[str]:
         """Sorted, lower-cased field and variable names used (Ollama's `Template.Vars`)."""
         return sorted({name.lower() for name in _identifiers(self.nodes)})
+
+    def text_opening_if(self, field_name: str) -> str | None:
+        """The first non-blank text inside the first `{{ if }}` on the field `field_name` (before any
+        action in it), or None: how Ollama finds a template's tool-call tag after `.ToolCalls`."""
+        branch = _if_on_field(self.nodes, field_name)
+        return None if branch is None else _first_text(branch.body)
 
     def with_response_appended(self) -> GoTemplate:
         """The template followed by `{{ .Response }}` (what Ollama's Parse does when neither

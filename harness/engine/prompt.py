@@ -7,7 +7,8 @@ Follows Ollama's `template/template.go` (`Parse`, `Execute`, `collate`) and the 
   `{{ .Response }}` appended;
 * messages are collated: consecutive messages of one role (except `tool`) are merged with a blank line,
   and every system message's content is joined into `.System`;
-* a template that uses `.Messages` is rendered once with `System`, `Messages`, `Tools`, `Response` = "";
+* a template that uses `.Messages` is rendered once with `System`, `Messages`, `Tools`, `Response` = ""
+  (tools and tool calls as Go values, see tools.py);
   otherwise each completed user/assistant turn is rendered with `.System`/`.Prompt`/`.Response`, and the
   last turn with the template cut after `{{ .Response }}`, the pieces concatenated;
 * generate: the request's system (else the Modelfile SYSTEM), then the Modelfile MESSAGEs, then the prompt
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.engine.gotemplate import GoStruct, GoTemplate, parse_template
+from harness.engine.tools import go_tool, go_tool_call, tool_call_json
 
 __all__ = ["DEFAULT_TEMPLATE", "collate", "ollama_template", "render_chat", "render_generate"]
 
@@ -70,9 +72,12 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def _as_struct(message: dict[str, Any]) -> GoStruct:
     fields = {go: message[js] for go, js in _MESSAGE_FIELDS.items()}
+    fields["ToolCalls"] = [go_tool_call(call) for call in message["tool_calls"]]
     json_value = {
         js: message[js] for js in _MESSAGE_FIELDS.values() if js in ("role", "content") or message[js]
     }
+    if message["tool_calls"]:
+        json_value["tool_calls"] = [tool_call_json(call) for call in message["tool_calls"]]
     return GoStruct("*api.Message", fields, json_value)
 
 
@@ -103,6 +108,7 @@ def _execute(
     prompt: str = "",
     suffix: str = "",
     think: bool | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Ollama's `Template.Execute`."""
     if prompt and suffix:
@@ -114,7 +120,7 @@ def _execute(
             {
                 "System": system,
                 "Messages": [_as_struct(m) for m in collated],
-                "Tools": [],
+                "Tools": [go_tool(tool) for tool in tools],
                 "Response": "",
                 "Query": "",
                 "Document": "",
@@ -179,14 +185,16 @@ def render_chat(
     system: str | None,
     model_messages: Sequence[Mapping[str, Any]] = (),
     think: bool | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The prompt Ollama's /api/chat builds from `messages` (dicts with role, content...).
+    """The prompt Ollama's /api/chat builds from `messages` (dicts with role, content, tool_calls...).
 
     `system` is the Modelfile SYSTEM: put first unless the request's first message is a system message.
-    `model_messages` are the Modelfile MESSAGEs, placed before the request's messages.
+    `model_messages` are the Modelfile MESSAGEs, placed before the request's messages. `tools` are the
+    request's tools (the template's `.Tools`).
     """
     parsed = ollama_template(template)
     combined: list[Mapping[str, Any]] = [*model_messages, *messages]
     if messages and messages[0].get("role") != "system" and system:
         combined.insert(0, {"role": "system", "content": system})
-    return _execute(parsed, combined, think=think)
+    return _execute(parsed, combined, think=think, tools=tools)
