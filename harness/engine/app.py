@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -42,6 +43,7 @@ from harness.engine.store import (
     Store,
 )
 from harness.engine.structured import FormatError, format_fields
+from harness.engine.tools import ToolCallParser, tool_call_events, tool_call_tag, tools_of
 
 log = logging.getLogger("harness.engine")
 
@@ -158,12 +160,26 @@ def _logprobs(event: dict[str, Any], top: int) -> list[dict[str, Any]]:
     return converted
 
 
+def _rendered_only(body: dict[str, Any], empty: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """Ollama's answer to `_debug_render_only`: the rendered prompt, nothing generated."""
+    return {
+        "model": body["model"],
+        "created_at": _now(),
+        **empty,
+        "done": False,
+        "_debug_info": {"rendered_template": prompt},
+    }
+
+
 def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     final = dict(chunks[-1])
     if any("logprobs" in chunk for chunk in chunks):
         final["logprobs"] = [item for chunk in chunks for item in chunk.get("logprobs", [])]
     if "message" in final:
         final["message"] = {**final["message"], "content": "".join(c["message"]["content"] for c in chunks)}
+        calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
+        if calls:
+            final["message"]["tool_calls"] = calls
     else:
         final["response"] = "".join(c.get("response", "") for c in chunks)
     return final
@@ -438,6 +454,8 @@ class Engine:
                 )
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
+            if body.get("_debug_render_only"):
+                return JSONResponse(_rendered_only(body, {"response": ""}, text))
         context = None if body.get("raw") else _context_tokens(body.get("context"))
         return await self._run(manifest, body, text, lambda content: {"response": content}, context=context)
 
@@ -461,18 +479,27 @@ class Engine:
             check_request("chat", raw_name, self._capabilities(manifest), body)
         if not messages:
             return await self._load_or_unload(manifest, body, message(""))
-        from harness.engine.prompt import render_chat
+        from harness.engine.prompt import ollama_template, render_chat
 
+        tools = tools_of(body)
+        template = self._layer_text(manifest, MEDIA_TEMPLATE)
         try:
             text = render_chat(
-                self._layer_text(manifest, MEDIA_TEMPLATE),
+                template,
                 messages,
                 system=self._layer_text(manifest, MEDIA_SYSTEM),
                 model_messages=self._stored_messages(manifest),
+                tools=tools,
             )
         except ValueError as error:
             raise ApiError(500, f"template error: {error}") from None
-        return await self._run(manifest, body, text, message)
+        if body.get("_debug_render_only"):
+            return JSONResponse(_rendered_only(body, {"message": {"role": "", "content": ""}}, text))
+        reshape = None
+        if tools:
+            parser = ToolCallParser(tool_call_tag(ollama_template(template)), tools)
+            reshape = functools.partial(tool_call_events, parser=parser)
+        return await self._run(manifest, body, text, message, reshape=reshape)
 
     async def embed(self, request: Request) -> Response:
         return await self.handle_embed(await _body(request))
@@ -521,10 +548,12 @@ class Engine:
         wrap: Callable[[str], dict[str, Any]],
         *,
         context: list[int] | None = None,
+        reshape: Callable[[AsyncGenerator[dict[str, Any], None]], AsyncGenerator[dict[str, Any], None]]
+        | None = None,
     ) -> Response:
         """Stream one completion. `context` (generate, not raw) is the request's token context, detokenized
         in front of the prompt; the final chunk then carries the `context` of prompt and answer, as Ollama's
-        generate does (chat has neither)."""
+        generate does (chat has neither). `reshape` rewrites the stream of chunks (tool calls)."""
         started = time.monotonic_ns()
         options = self._options(manifest, body)
         try:
@@ -596,7 +625,8 @@ class Engine:
                     model.broken = True
                 await self.scheduler.release(model)
 
-        return await _respond(events(), body.get("stream", True) is not False, _combine_generation)
+        chunks = events() if reshape is None else reshape(events())
+        return await _respond(chunks, body.get("stream", True) is not False, _combine_generation)
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()

@@ -10,9 +10,8 @@ thinking (`"<model>" does not support thinking`), then the capabilities the requ
 (`"<model>" does not support generate` / `chat`), `insert` for a `suffix`, `tools` for `tools`
 (`<host>/<namespace>/<model>:<tag> does not support insert`). All are 400s.
 
-Two cases answer differently, both with a 400 that says why: images (this engine runs no vision projector)
-and `tools` on a model whose template uses `.Tools` (Ollama's `tools` capability, but this engine cannot
-parse tool calls out of the output).
+One case answers differently, with a 400 that says why: images (this engine runs no vision projector).
+Tools on a model with the `tools` capability are served as Ollama serves them (see tools.py).
 """
 
 from __future__ import annotations
@@ -60,10 +59,4 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
             400,
             "images are not supported by the embedded engine: it runs no vision projector (Ollama can, for "
             "a vision model); test image input against Ollama",
-        )
-    if "tools" in needed:
-        raise ApiError(
-            400,
-            "tools are not supported by the embedded engine: it cannot parse tool calls out of a model's "
-            "output (Ollama can); test tool calling against Ollama",
         )

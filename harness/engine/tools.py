@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from harness.engine.create import ApiError
@@ -35,6 +35,7 @@ __all__ = [
     "ToolCallParser",
     "go_tool",
     "go_tool_call",
+    "tool_call_events",
     "tool_call_id",
     "tool_call_json",
     "tool_call_tag",
@@ -378,3 +379,29 @@ class ToolCallParser:
                 if depth == 0:
                     return True
         return False
+
+
+async def tool_call_events(
+    events: AsyncGenerator[dict[str, Any], None], *, parser: ToolCallParser
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A chat's chunks with tool calls parsed out, as Ollama's ChatHandler sends them: content as the parser
+    releases it, a chunk with `message.tool_calls` (fresh ids) for calls, nothing while a possible call is
+    held back (logprobs excepted), and the final chunk with what remains."""
+    try:
+        async for event in events:
+            message = event["message"]
+            calls, content = parser.add(message["content"])
+            if content:
+                message["content"] = content
+            elif calls:
+                message["content"] = ""
+                message["tool_calls"] = [{"id": tool_call_id(), **call} for call in calls]
+            else:
+                if event.get("logprobs") and not event.get("done"):
+                    yield {**event, "message": {**message, "content": ""}}
+                if not event.get("done"):
+                    continue
+                message["content"] = parser.remaining_content()
+            yield event
+    finally:
+        await events.aclose()
