@@ -80,6 +80,7 @@ from harness.engine.godecode import (
     go_dynamic_type,
     json_kind,
 )
+from harness.engine.gotemplate import go_json
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.routing import gin_route
 
@@ -224,19 +225,59 @@ def _check_image_part(part: Mapping[str, Any]) -> None:
     raise _unsupported("image_url content")
 
 
-def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own."""
+def ollama_tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
+    """Ollama tool calls for OpenAI ones (`FromCompletionToolCall`): the arguments string decoded."""
     converted = []
+    for call in calls:
+        call = call if isinstance(call, dict) else {}
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        try:
+            arguments = json.loads(function.get("arguments") or "")
+        except (TypeError, ValueError):
+            raise OpenAIRequestError("invalid tool call arguments") from None
+        if not isinstance(arguments, dict):
+            raise OpenAIRequestError("invalid tool call arguments")
+        entry = {"function": {"name": str(function.get("name") or ""), "arguments": arguments}}
+        converted.append({"id": str(call["id"]), **entry} if call.get("id") else entry)
+    return converted
+
+
+def _tool_name(messages: list[dict[str, Any]], message: Mapping[str, Any]) -> str:
+    """A tool message's tool name: its `name`, else the name of the call its `tool_call_id` answers (the
+    last such call)."""
+    if str(message.get("role") or "").lower() != "tool":
+        return ""
+    if message.get("name") or not message.get("tool_call_id"):
+        return str(message.get("name") or "")
+    for earlier in reversed(messages):
+        for call in earlier.get("tool_calls") or []:
+            if isinstance(call, dict) and call.get("id") == message["tool_call_id"]:
+                return str((call.get("function") or {}).get("name") or "")
+    return ""
+
+
+def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own;
+    tool calls, tool results (named after their call) and `reasoning` (as thinking) carried over."""
+    converted: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role") or ""
         content = message.get("content")
-        if message.get("tool_calls"):
-            raise _unsupported("tool_calls in messages")
+        extra = {
+            "thinking": message.get("reasoning") or "",
+            "tool_calls": ollama_tool_calls(message.get("tool_calls") or []),
+            "tool_name": _tool_name(messages, message),
+            "tool_call_id": message.get("tool_call_id") or "",
+        }
         if isinstance(content, str):
-            converted.append({"role": role, "content": content})
+            converted.append({"role": role, "content": content, **extra})
             continue
         if not isinstance(content, list):
-            raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
+            if message.get("tool_calls") is None:  # content is optional only with tool calls
+                raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
+            converted.append({"role": role, "content": "", **extra, "tool_name": ""})
+            continue
         for part in content:
             if not isinstance(part, dict):
                 raise OpenAIRequestError("invalid message format")
@@ -245,6 +286,8 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise OpenAIRequestError("invalid message format")
             converted.append({"role": role, "content": part["text"]})
+        if converted and message.get("tool_calls"):
+            converted[-1].update(extra)
     return converted
 
 
@@ -319,7 +362,7 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     if output_format is not None:
         body["format"] = output_format
     if data.get("tools"):
-        body["tools"] = data["tools"]  # the engine's capability check answers it, as Ollama's does
+        body["tools"] = data["tools"]
     if data.get("logprobs"):
         body["logprobs"] = True
     if data.get("top_logprobs") is not None:
@@ -387,9 +430,37 @@ def usage(event: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI tool calls for Ollama ones (`ToToolCalls`): arguments as a JSON string."""
+    return [
+        {
+            "id": call.get("id", ""),
+            "index": (call.get("function") or {}).get("index", 0),
+            "type": "function",
+            "function": {
+                "name": (call.get("function") or {}).get("name", ""),
+                "arguments": go_json((call.get("function") or {}).get("arguments") or {}),
+            },
+        }
+        for call in calls
+    ]
+
+
+def _openai_message(role: str, message: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI message (or delta) for an Ollama one: content, reasoning and tool_calls when there are."""
+    answer: dict[str, Any] = {"role": role, "content": message.get("content", "")}
+    if message.get("thinking"):
+        answer["reasoning"] = message["thinking"]
+    if message.get("tool_calls"):
+        answer["tool_calls"] = openai_tool_calls(message["tool_calls"])
+    return answer
+
+
 def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
-    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`)."""
+    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`); finish_reason `tool_calls`
+    when the model called tools."""
     message = answer.get("message") or {}
+    finish_reason = "tool_calls" if message.get("tool_calls") else answer.get("done_reason") or None
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -399,8 +470,8 @@ def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": message.get("role", ""), "content": message.get("content", "")},
-                "finish_reason": answer.get("done_reason") or None,
+                "message": _openai_message(message.get("role", ""), message),
+                "finish_reason": finish_reason,
                 **_choice_logprobs(answer),
             }
         ],
@@ -424,7 +495,7 @@ def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool
         "choices": [
             {
                 "index": 0,
-                "delta": {"role": "assistant", "content": (event.get("message") or {}).get("content", "")},
+                "delta": _openai_message("assistant", event.get("message") or {}),
                 "finish_reason": event.get("done_reason") or None,
                 **_choice_logprobs(event),
             }
@@ -537,6 +608,7 @@ async def sse_stream(
     per event; after the final one the usage chunk (with include_usage) and `[DONE]`. An in-band engine error
     ends the stream with OpenAI's error object and no `[DONE]`."""
     events = ollama_events(answer)
+    tool_call_sent, first_chunk = False, True
     try:
         async for event in events:
             if "error" in event:
@@ -552,6 +624,20 @@ async def sse_stream(
                 )
                 return
             chunk = make_chunk(completion_id, event, include_usage)
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta")
+                if delta is None:
+                    continue
+                # ChatWriter: once a tool call has been sent, the finish reason is tool_calls; the role
+                # comes in the first delta only, and later deltas leave out empty content
+                tool_call_sent = tool_call_sent or bool(delta.get("tool_calls"))
+                if tool_call_sent and choice.get("finish_reason"):
+                    choice["finish_reason"] = "tool_calls"
+                if not first_chunk:
+                    delta.pop("role", None)
+                    if delta.get("content") == "":
+                        del delta["content"]
+            first_chunk = False
             yield server_sent_event(chunk)
             if event.get("done"):
                 if include_usage:

@@ -71,8 +71,6 @@ def test_requests_a_model_cannot_serve_are_400s_with_ollamas_texts(engine: Embed
          'think value "high" is not supported for this model'),
         ("/api/generate", {"model": "emb", "prompt": "a"}, '"emb" does not support generate'),
         ("/api/chat", {"model": "emb", "messages": hi}, '"emb" does not support chat'),
-        ("/api/chat", {"model": "tooly", "messages": hi, "tools": [tool]},
-         "tools are not supported by the embedded engine"),
         ("/api/generate", {"model": "tiny", "prompt": "a", "context": ["x"]},
          "context must be an array of token ids"),
         ("/api/generate", {"model": "tiny", "prompt": "a", "images": ["aGk="]},
