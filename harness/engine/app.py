@@ -26,6 +26,7 @@ from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.openai_compat import openai_routes
+from harness.engine.openai_responses import responses_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
 from harness.engine.routing import TrailingSlashRedirect, gin_route, method_not_allowed, page_not_found
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
@@ -719,6 +720,7 @@ def build_app(config: EngineConfig) -> Starlette:
         gin_route("/harness/runners", _handler(engine.runners), ["GET"]),
         *(gin_route(path, _no_registry, ["POST"]) for path in NO_REGISTRY),
         *openai_routes(engine),
+        *responses_routes(engine),
     ]
     app = Starlette(
         routes=routes,

@@ -27,12 +27,14 @@ carry a zero usage before it, as Ollama's do).
 Errors are `{"error": {"message", "type", "param": null, "code": null}}`. Faults of the OpenAI request itself
 (bad JSON, field types, in Go's wording; empty messages; bad content parts...) are 400
 `invalid_request_error`. Errors of the engine keep their status and text (404 `model 'x' not found`, 400,
-500 for a model that fails to load, 503) with type `api_error`, the type Ollama gives every forwarded error.
+500 for a model that fails to load, 503) with Ollama's type for the status (`openai.NewError`: 400
+`invalid_request_error`, 404 `not_found_error`, others `api_error`).
 
 Not supported, and said so, never silently wrong:
-- tools: 400 `<full model name> does not support tools`, Ollama's answer for a model without the tools
-  capability (a model whose template has it gets a 400 saying this engine cannot parse tool calls).
-  tool_calls in messages: 400 naming the field.
+- tools, as /api/chat serves them (tools.py), for a model with the `tools` capability (else 400 `<full model
+  name> does not support tools`, as Ollama); `tool_calls` in the answer (arguments as a JSON string,
+  finish_reason `tool_calls`; streamed in a delta of their own), assistant `tool_calls` and `tool` messages
+  (named after their call) in the history; `tool_choice` is ignored, as Ollama ignores it.
 - reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
   for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
@@ -41,7 +43,7 @@ Not supported, and said so, never silently wrong:
 - response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
   suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
-  and a message's `name` and `reasoning`.
+  and the `name` of a message that is not a tool result. A message's `reasoning` becomes its thinking.
 
 Differences from Ollama: a body that is not JSON gets Python's decoder text, not Go's (same status and type).
 And, deliberately, an error after a stream has begun. Ollama's middleware decodes the in-band
@@ -108,9 +110,13 @@ def error_response(status: int, message: str, error_type: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
 def forwarded_error(status: int, message: str) -> JSONResponse:
-    """An engine error as Ollama's middleware forwards it: the engine's status and text, type `api_error`."""
-    return error_response(status, message, "api_error")
+    """An engine error as Ollama's middleware forwards it (`openai.NewError`): the engine's status and text,
+    type `invalid_request_error` for a 400, `not_found_error` for a 404, else `api_error`."""
+    return error_response(status, message, ERROR_TYPES.get(status, "api_error"))
 
 
 # --- the request structs Ollama decodes (harness.engine.godecode checks them) -------------------------
@@ -677,9 +683,11 @@ def _namespace(raw_name: str) -> str:
 # --- handlers -------------------------------------------------------------------------------------------
 
 
-def _openai_errors(
+def openai_errors(
     method: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with OpenAI's error objects for request faults and engine errors."""
+
     async def endpoint(request: Request) -> Response:
         try:
             return await method(request)
@@ -771,12 +779,12 @@ class OpenAICompat:
 
 
 def openai_routes(engine: Engine) -> list[Route]:
-    """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
+    """The /v1 routes Ollama serves for OpenAI clients (/v1/responses: openai_responses.py)."""
     compat = OpenAICompat(engine)
     return [
-        gin_route("/v1/chat/completions", _openai_errors(compat.chat_completions), ["POST"]),
-        gin_route("/v1/completions", _openai_errors(compat.completions), ["POST"]),
-        gin_route("/v1/embeddings", _openai_errors(compat.embeddings), ["POST"]),
-        gin_route("/v1/models", _openai_errors(compat.list_models), ["GET"]),
-        gin_route("/v1/models/{model}", _openai_errors(compat.retrieve_model), ["GET"]),
+        gin_route("/v1/chat/completions", openai_errors(compat.chat_completions), ["POST"]),
+        gin_route("/v1/completions", openai_errors(compat.completions), ["POST"]),
+        gin_route("/v1/embeddings", openai_errors(compat.embeddings), ["POST"]),
+        gin_route("/v1/models", openai_errors(compat.list_models), ["GET"]),
+        gin_route("/v1/models/{model}", openai_errors(compat.retrieve_model), ["GET"]),
     ]
