@@ -332,7 +332,8 @@ class Engine:
     async def handle_show(self, body: dict[str, Any]) -> Response:
         """/api/show for an already parsed request body (the OpenAI layer calls this too)."""
         raw_name = str(body.get("model") or body.get("name") or "")
-        manifest = self._manifest(_parse_name(raw_name), raw_name)
+        name = _parse_name(raw_name)
+        manifest = self._manifest(name, str(name))  # show names a missing model as `model:tag`, as Ollama
         config = self._config(manifest)
         model_layer = manifest.layer(MEDIA_MODEL)
         assert model_layer is not None

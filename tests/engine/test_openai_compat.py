@@ -248,7 +248,7 @@ def test_models_list_and_retrieve(engine: EmbeddedEngine) -> None:
     assert one == {"id": "oracle", "object": "model", "created": one["created"], "owned_by": "library"}
     missing = httpx.get(f"{engine.url}/v1/models/missing")
     assert missing.status_code == 404
-    assert missing.json() == openai_error("model 'missing' not found", "not_found_error")
+    assert missing.json() == openai_error("model 'missing:latest' not found", "not_found_error")
 
 
 def test_models_list_is_null_without_models(tmp_path_factory: pytest.TempPathFactory) -> None:
