@@ -19,8 +19,7 @@ import ollama
 import pytest
 
 from harness.engine import EmbeddedEngine
-from harness.gguf.build import BuiltModel, build_cached
-from harness.gguf.spec import load_profile
+from harness.gguf.build import BuiltModel
 
 from .conftest import create_from_gguf, make_engine, post
 from .test_tool_parser import HISTORY, OLLAMA_QWEN_PROMPT, WEATHER
@@ -60,12 +59,6 @@ CALL_SCHEMA = {
 GREEDY = {"temperature": 0, "top_k": 1, "seed": 1, "num_predict": 200}
 ASK = [{"role": "user", "content": "weather in Paris?"}]
 CALL_ID = re.compile(r"call_[a-z0-9]{8}")
-
-
-@pytest.fixture(scope="session")
-def oracle_2k_gguf() -> BuiltModel:
-    """The oracle with room for a tool list in its context."""
-    return build_cached(load_profile("oracle").replace(context_length=2048))
 
 
 @pytest.fixture(scope="module")
