@@ -590,6 +590,8 @@ class Engine:
                             (time.monotonic_ns() - loaded) / 1e6,
                         )
                     if not event.get("stop"):
+                        if not event.get("content") and top_logprobs < 0:
+                            continue  # Ollama sends no chunk for a piece without text (the end token's)
                         chunk = {
                             "model": model_name,
                             "created_at": _now(),

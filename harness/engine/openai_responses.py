@@ -185,6 +185,13 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _echoed_tool(tool: Any) -> dict[str, Any]:
+    """A request tool as the response repeats it (`ResponsesTool`: every field, null when not given)."""
+    tool = _mapping(tool)
+    fields = ("type", "name", "description", "strict", "parameters")
+    return {key: tool.get(key, "" if key in ("type", "name") else None) for key in fields}
+
+
 def _echo(data: Mapping[str, Any]) -> dict[str, Any]:
     """The request settings a response object repeats (`ToResponse`, `buildResponseObject`)."""
     reasoning_request = _mapping(data.get("reasoning"))
@@ -197,7 +204,7 @@ def _echo(data: Mapping[str, Any]) -> dict[str, Any]:
     text = _mapping(data.get("text"))
     return {
         "instructions": data.get("instructions") or None,
-        "tools": list(data.get("tools") or []),
+        "tools": [_echoed_tool(tool) for tool in data.get("tools") or []],
         "tool_choice": "auto",
         "truncation": data.get("truncation") or "disabled",
         "parallel_tool_calls": True,
