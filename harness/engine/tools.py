@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from harness.engine.create import ApiError
+from harness.engine.godecode import json_kind
 from harness.engine.gotemplate import GoStruct, GoTemplate, go_json
 
 __all__ = [
@@ -53,24 +54,37 @@ def tool_call_id() -> str:
 # --- request values -> Go values ------------------------------------------------------------------------
 
 
-def _object(value: Any, where: str) -> dict[str, Any]:
+def _decode_error(value: Any, where: str, go_type: str) -> ApiError:
+    """Go's error for a JSON value of the wrong kind in a request field: a 400."""
+    return ApiError(
+        400, f"json: cannot unmarshal {json_kind(value)} into Go struct field {where} of type {go_type}"
+    )
+
+
+def _object(value: Any, where: str, go_type: str) -> dict[str, Any]:
+    """A JSON object of the request (None counts as empty); another value is Go's decode error."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ApiError(400, f"{where} must be a JSON object")
+        raise _decode_error(value, where, go_type)
     return value
 
 
+def _function(tool: Any) -> dict[str, Any]:
+    tool = _object(tool, "ChatRequest.tools", "api.Tool")
+    return _object(tool.get("function"), "Tool.tools.function", "api.ToolFunction")
+
+
 def tools_of(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A request's `tools` (a list of objects, each with a `function` object); 400 for another shape."""
+    """A request's `tools`, checked as Go decodes them into `api.Tools` (a 400 with Go's text otherwise)."""
     tools = body.get("tools")
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise ApiError(400, "tools must be a list of tool objects")
+        raise _decode_error(tools, "ChatRequest.tools", "api.Tools")
     for tool in tools:
-        _object(_object(tool, "each tool").get("function"), "a tool's function")
-    return tools
+        _function(tool)
+    return [tool or {} for tool in tools]
 
 
 def _omit_empty(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
@@ -107,8 +121,9 @@ def _properties_json(properties: Mapping[str, Any]) -> dict[str, Any]:
 
 def go_tool(tool: Mapping[str, Any]) -> GoStruct:
     """A request tool as Ollama's `api.Tool` (its `String()` is its JSON; its function prints as a struct)."""
-    function = _object(tool.get("function"), "a tool's function")
-    params = _object(function.get("parameters"), "a tool's parameters")
+    function = _function(tool)
+    raw_params = function.get("parameters")
+    params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
     raw_properties = params.get("properties")
     properties = _properties_json(raw_properties) if isinstance(raw_properties, dict) else None
     params_json = {
@@ -167,10 +182,13 @@ def _sorted(value: Any) -> Any:
 
 def tool_call_json(call: Mapping[str, Any]) -> dict[str, Any]:
     """A tool call as Ollama's `api.ToolCall` marshals it: id (when set), function index, name, arguments."""
-    function = _object(call.get("function"), "a tool call's function")
+    call = _object(call, "ChatRequest.messages.tool_calls", "api.ToolCall")
+    function = _object(call.get("function"), "ToolCall.messages.tool_calls.function", "api.ToolCallFunction")
     arguments = function.get("arguments")
     if arguments is not None and not isinstance(arguments, dict):
-        raise ApiError(400, "a tool call's function arguments must be a JSON object")
+        raise ApiError(
+            400, "Value looks like object, but can't find closing '}' symbol"
+        )  # Ollama 0.33's text
     answer: dict[str, Any] = {"id": str(call["id"])} if call.get("id") else {}
     answer["function"] = {
         "index": int(function.get("index") or 0),
@@ -304,7 +322,7 @@ class ToolCallParser:
 
     def __init__(self, tag: str, tools: Sequence[Mapping[str, Any]]) -> None:
         self.tag = tag
-        self.names = [str(_object(t.get("function"), "a tool's function").get("name") or "") for t in tools]
+        self.names = [str(_function(tool).get("name") or "") for tool in tools]
         self.state = "looking"  # looking for the tag -> calling -> done
         self.buffer = ""
         self.count = 0

@@ -178,6 +178,21 @@ CASES = [
          status=400, expect={"body.error.message": 'input[0]: unknown input item type: "bogus"'}),
     Case("responses-missing-model", "/v1/responses", {"model": "missing", "input": "x"}, status=404,
          expect={"body.error.type": "not_found_error"}),
+    Case("chat-tools-not-a-list", "/api/chat", {"model": "tooly", "messages": HELLO, "tools": {"a": 1}},
+         status=400, expect={"body.error": "json: cannot unmarshal object into Go struct field "
+                                           "ChatRequest.tools of type api.Tools"}),
+    Case("chat-tool-function-not-an-object", "/api/chat",
+         {"model": "tooly", "messages": HELLO, "tools": [{"type": "function", "function": "f"}]}, status=400,
+         expect={"body.error": "json: cannot unmarshal string into Go struct field Tool.tools.function of "
+                               "type api.ToolFunction"}),
+    Case("chat-tool-call-arguments-not-an-object", "/api/chat", {"model": "tooly", "messages": [
+         {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "x"}}]},
+     ]},
+         status=400, expect={"body.error": "Value looks like object, but can't find closing '}' symbol"}),
+    Case("generate-ignores-tools", "/api/generate",
+         {"model": "tooly", "prompt": "x", "tools": TOOLS, "_debug_render_only": True}),
+    Case("chat-empty-tools", "/api/chat",
+         {"model": "tooly", "messages": HELLO, "tools": [], "_debug_render_only": True}),
     Case("show-template-of-a-bare-gguf", "/api/show", {"model": "bare"}, compare=("body.template",)),
 ]  # fmt: skip
 
