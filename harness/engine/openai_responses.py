@@ -41,7 +41,7 @@ from harness.engine.openai_compat import (
 from harness.engine.routing import gin_route
 
 if TYPE_CHECKING:
-    from harness.engine.app import Engine
+    from harness.engine.service import OllamaHandlers
 
 RESPONSES_REQUEST_FIELDS: Mapping[str, GoField] = {
     "model": STRING,
@@ -469,7 +469,7 @@ async def _stream(answer: Response, converter: ResponsesStream) -> AsyncIterator
         await events.aclose()
 
 
-async def responses(engine: Engine, request: Request) -> Response:
+async def responses(engine: OllamaHandlers, request: Request) -> Response:
     """POST /v1/responses: the request run as a chat, answered as a `response` (or its event stream)."""
     data = await read_openai_body(request, "openai.ResponsesRequest", RESPONSES_REQUEST_FIELDS)
     body = responses_request_to_chat(data)
@@ -488,7 +488,7 @@ async def responses(engine: Engine, request: Request) -> Response:
     return StreamingResponse(_stream(answer, converter), headers=EVENT_STREAM_HEADERS)
 
 
-def responses_routes(engine: Engine) -> list[Route]:
+def responses_routes(engine: OllamaHandlers) -> list[Route]:
     """The /v1/responses route."""
 
     async def endpoint(request: Request) -> Response:

@@ -23,8 +23,8 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.engine.gotemplate import GoStruct, GoTemplate, parse_template
 from harness.engine.tools import go_tool, go_tool_call, tool_call_json
+from harness.modelfile.gotemplate import GoStruct, GoTemplate, parse_template
 
 __all__ = ["DEFAULT_TEMPLATE", "collate", "ollama_template", "render_chat", "render_generate"]
 

@@ -28,9 +28,9 @@ import string
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-from harness.engine.create import ApiError
 from harness.engine.godecode import json_kind
-from harness.engine.gotemplate import GoStruct, GoTemplate, go_json
+from harness.engine.routing import ApiError
+from harness.modelfile.gotemplate import GoStruct, GoTemplate, go_json
 
 __all__ = [
     "ToolCallParser",

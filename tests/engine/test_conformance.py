@@ -24,7 +24,7 @@ import ollama
 import pytest
 
 from harness.gguf.build import BuiltModel
-from harness.testing import RealOllama
+from harness.testing.helpers import RealOllama
 
 from .conftest import create_from_gguf, make_engine
 from .test_tool_calling import CALL_SCHEMA, PLAIN_TOOLS_TEMPLATE, TEMPLATES, WEATHER_TOOL

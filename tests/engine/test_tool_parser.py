@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from harness.engine.gotemplate import parse_template
 from harness.engine.prompt import ollama_template, render_chat
 from harness.engine.tools import ToolCallParser, tool_call_events, tool_call_id, tool_call_tag
+from harness.modelfile.gotemplate import parse_template
 
 QWEN = (Path(__file__).parent / "templates" / "qwen2.5-tools.gotmpl").read_text()
 WEATHER = {
