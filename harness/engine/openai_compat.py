@@ -9,7 +9,7 @@ Supported:
   parts, each part becoming a message of its own as in Ollama), stream, stream_options.include_usage,
   max_tokens (num_predict), temperature (default 1.0), top_p (default 1.0), seed, stop (a string or a list;
   non-strings in the list are skipped), frequency_penalty, presence_penalty, reasoning_effort /
-  reasoning.effort "none".
+  reasoning.effort (`think`: the level, or false for "none"; the thinking comes back as `reasoning`).
 - `POST /v1/completions`: model, prompt (a string), the same options (penalties default 0, a top_p of 0
   means 1.0, a non-string in a `stop` list is a 400), stream, stream_options.include_usage.
 - `POST /v1/embeddings`: model, input (a string, "" meaning [""], or a list of strings), dimensions,
@@ -35,8 +35,8 @@ Not supported, and said so, never silently wrong:
   name> does not support tools`, as Ollama); `tool_calls` in the answer (arguments as a JSON string,
   finish_reason `tool_calls`; streamed in a delta of their own), assistant `tool_calls` and `tool` messages
   (named after their call) in the history; `tool_choice` is ignored, as Ollama ignores it.
-- reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
-  for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
+- reasoning effort "low", "medium" or "high" on a model without thinking: 400 `"<model>" does not support
+  thinking`, Ollama's answer; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
 - image_url content parts (checked as Ollama checks them first), logprobs on /v1/completions (chat has
   them), _debug_render_only: Ollama supports them; a 400 names the field.
@@ -363,7 +363,7 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         "stream": bool(data.get("stream")),
     }
     if effort:
-        body["think"] = effort != "none"
+        body["think"] = False if effort == "none" else effort  # as FromChatRequest: a level, or off
     if output_format is not None:
         body["format"] = output_format
     if data.get("tools"):
@@ -634,13 +634,13 @@ async def sse_stream(
                 if delta is None:
                     continue
                 # ChatWriter: once a tool call has been sent, the finish reason is tool_calls; the role
-                # comes in the first delta only, and later deltas leave out empty content
+                # comes in the first delta only, and a later delta with nothing in it is empty
                 tool_call_sent = tool_call_sent or bool(delta.get("tool_calls"))
                 if tool_call_sent and choice.get("finish_reason"):
                     choice["finish_reason"] = "tool_calls"
                 if not first_chunk:
                     delta.pop("role", None)
-                    if delta.get("content") == "":
+                    if delta.get("content") == "" and len(delta) == 1:
                         del delta["content"]
             first_chunk = False
             yield server_sent_event(chunk)

@@ -23,6 +23,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.engine.thinking import ThinkSetting
 from harness.engine.tools import go_tool, go_tool_call, tool_call_json
 from harness.modelfile.gotemplate import GoStruct, GoTemplate, parse_template
 
@@ -97,8 +98,8 @@ def collate(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, 
     return "\n\n".join(system), collated
 
 
-def _flags(think: bool | None) -> dict[str, Any]:
-    return {"Think": bool(think), "ThinkLevel": "", "IsThinkSet": think is not None}
+def _flags(think: ThinkSetting | None) -> dict[str, Any]:
+    return (think or ThinkSetting()).template_flags
 
 
 def _execute(
@@ -107,7 +108,7 @@ def _execute(
     *,
     prompt: str = "",
     suffix: str = "",
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
     tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Ollama's `Template.Execute`."""
@@ -159,7 +160,7 @@ def render_generate(
     model_system: str | None = None,
     model_messages: Sequence[Mapping[str, Any]] = (),
     suffix: str | None = None,
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
 ) -> str:
     """The prompt Ollama's /api/generate builds (not raw mode).
 
@@ -184,7 +185,7 @@ def render_chat(
     *,
     system: str | None,
     model_messages: Sequence[Mapping[str, Any]] = (),
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
     tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The prompt Ollama's /api/chat builds from `messages` (dicts with role, content, tool_calls...).

@@ -414,6 +414,8 @@ async def tool_call_events(
             elif calls:
                 message["content"] = ""
                 message["tool_calls"] = [{"id": tool_call_id(), **call} for call in calls]
+            elif message.get("thinking"):
+                message["content"] = ""  # the thinking goes out; the text is held back
             else:
                 if event.get("logprobs") and not event.get("done"):
                     yield {**event, "message": {**message, "content": ""}}

@@ -1028,6 +1028,56 @@ def _first_text(nodes: Sequence[Any]) -> str | None:
     return None
 
 
+def _texts_around(nodes: tuple[Any, ...], field_name: str, range_field: str) -> tuple[str, str]:
+    """Ollama's `thinking.InferTags` walk: for each use of `.<field_name>` inside a `{{ range }}` over
+    `.<range_field>`, the trimmed first and last texts of the nearest enclosing list (the last use wins)."""
+    found = ["", ""]
+    ancestors: list[Any] = []
+
+    def uses(pipe: _Pipeline, name: str) -> bool:
+        stack: list[Any] = [pipe]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, _Field) and node.idents[0] == name:
+                return True
+            if isinstance(node, _Pipeline):
+                stack.extend(node.cmds)
+            elif isinstance(node, _Command):
+                stack.extend(node.args)
+        return False
+
+    def visit(node: Any) -> None:
+        ancestors.append(node)
+        if isinstance(node, _Field) and node.idents[0] == field_name:
+            loop = next(
+                (a for a in reversed(ancestors) if isinstance(a, _Branch) and a.kind == "range"), None
+            )
+            if loop is not None and uses(loop.pipe, range_field):
+                nearest = next((a for a in reversed(ancestors) if isinstance(a, tuple) and a), None)
+                if nearest is not None:
+                    if isinstance(nearest[0], _Text):
+                        found[0] = nearest[0].text.strip()
+                    if isinstance(nearest[-1], _Text):
+                        found[1] = nearest[-1].text.strip()
+        children: list[Any] = []
+        if isinstance(node, tuple):
+            children = list(node)
+        elif isinstance(node, _Branch):
+            children = [node.pipe, node.body] + ([node.else_body] if node.else_body is not None else [])
+        elif isinstance(node, _Action):
+            children = [node.pipe]
+        elif isinstance(node, _Pipeline):
+            children = list(node.cmds)
+        elif isinstance(node, _Command):
+            children = list(node.args)
+        for child in children:
+            visit(child)
+        ancestors.pop()
+
+    visit(nodes)
+    return found[0], found[1]
+
+
 def _identifiers(node: Any) -> Iterator[str]:
     """Field and variable names a node uses, walked the way Ollama's template.Identifiers walks them."""
     if isinstance(node, (list, tuple)):
@@ -1126,6 +1176,11 @@ class GoTemplate:
         action in it), or None: how Ollama finds a template's tool-call tag after `.ToolCalls`."""
         branch = _if_on_field(self.nodes, field_name)
         return None if branch is None else _first_text(branch.body)
+
+    def texts_around(self, field_name: str, range_field: str) -> tuple[str, str]:
+        """The texts that open and close uses of `.<field_name>` in a range over `.<range_field>` ("" when
+        there are none): how Ollama infers a template's thinking tags (`.Thinking` in `.Messages`)."""
+        return _texts_around(self.nodes, field_name, range_field)
 
     def with_response_appended(self) -> GoTemplate:
         """The template followed by `{{ .Response }}` (what Ollama's Parse does when neither

@@ -68,7 +68,9 @@ def test_requests_a_model_cannot_serve_are_400s_with_ollamas_texts(engine: Embed
         ("/api/generate", {"model": "tiny", "prompt": "a", "think": True},
          '"tiny" does not support thinking'),
         ("/api/chat", {"model": "tiny", "messages": hi, "think": "high"},
-         'think value "high" is not supported for this model'),
+         '"tiny" does not support thinking'),  # Ollama 0.33: a level is thinking too
+        ("/api/chat", {"model": "tiny", "messages": hi, "think": "bogus"},
+         'invalid think value: "bogus" (must be "high", "medium", "low", "max", true, or false)'),
         ("/api/generate", {"model": "emb", "prompt": "a"}, '"emb" does not support generate'),
         ("/api/chat", {"model": "emb", "messages": hi}, '"emb" does not support chat'),
         ("/api/generate", {"model": "tiny", "prompt": "a", "context": ["x"]},
