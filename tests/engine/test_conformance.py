@@ -27,6 +27,7 @@ from harness.gguf.build import BuiltModel
 from harness.testing.helpers import RealOllama
 
 from .conftest import create_from_gguf, make_engine
+from .test_thinking import THINKING_TEMPLATE
 from .test_tool_calling import CALL_SCHEMA, PLAIN_TOOLS_TEMPLATE, TEMPLATES, WEATHER_TOOL
 
 REAL_OLLAMA_ENV = "HARNESS_OLLAMA_BIN"
@@ -58,6 +59,11 @@ OPENAI_TOOL_HISTORY = [
         ],
     },
     {"role": "tool", "tool_call_id": "call_1", "content": "20 degrees"},
+]
+THINK_HISTORY = [
+    {"role": "user", "content": "hello the"},
+    {"role": "assistant", "content": "x", "thinking": "hmm"},
+    {"role": "user", "content": "hello the"},
 ]
 RESPONSES_TOOL = {
     "type": "function",
@@ -96,6 +102,7 @@ OPENAI_CALL_BODY = {
 }
 FIRST_CALL = "body.message.tool_calls[0].function"
 FULL_ORACLE = "registry.ollama.ai/library/oracle:latest"
+SECOND_DELTA = "body[1].data.choices[0].delta"
 NOT_ARRAY = (
     "input must be a string or array: json: cannot unmarshal number into Go value of type []json.RawMessage"
 )
@@ -193,6 +200,41 @@ CASES = [
          {"model": "tooly", "prompt": "x", "tools": TOOLS, "_debug_render_only": True}),
     Case("chat-empty-tools", "/api/chat",
          {"model": "tooly", "messages": HELLO, "tools": [], "_debug_render_only": True}),
+    Case("show-thinking-capability", "/api/show", {"model": "thinky"},
+         expect={"body.capabilities[0]": "completion", "body.capabilities[1]": "thinking"},
+         compare=("body.capabilities*",)),
+    Case("chat-render-thinking-default", "/api/chat",
+         {"model": "thinky", "messages": THINK_HISTORY, "_debug_render_only": True}),
+    Case("chat-render-thinking-off", "/api/chat",
+         {"model": "thinky", "messages": THINK_HISTORY, "think": False, "_debug_render_only": True}),
+    Case("chat-render-thinking-level", "/api/chat",
+         {"model": "thinky", "messages": HELLO, "think": "high", "_debug_render_only": True}),
+    Case("chat-thinking", "/api/chat",
+         {"model": "thinky", "messages": THINK_HISTORY, "stream": False, "options": GREEDY},
+         expect={"body.message.thinking": "one.", "body.message.content": ""}),
+    Case("chat-thinking-stream", "/api/chat",
+         {"model": "thinky", "messages": THINK_HISTORY, "options": GREEDY},
+         expect={"body[0].message.thinking": "one", "body[1].message.thinking": "."}),
+    Case("chat-thinking-off", "/api/chat",
+         {"model": "thinky", "messages": THINK_HISTORY, "think": False, "stream": False, "options": GREEDY},
+         expect={"body.message.content": " one."}),
+    Case("generate-thinking", "/api/generate",
+         {"model": "thinky", "prompt": "hello the", "stream": False, "options": GREEDY},
+         expect={"body.thinking": "one.", "body.response": ""}),
+    Case("think-level-without-capability", "/api/chat",
+         {"model": "oracle", "messages": HELLO, "think": "high"},
+         status=400, expect={"body.error": '"oracle" does not support thinking'}),
+    Case("think-bad-value", "/api/chat", {"model": "thinky", "messages": HELLO, "think": "bogus"}, status=400,
+         expect={"body.error": 'invalid think value: "bogus" (must be "high", "medium", "low", "max", true, '
+                               "or false)"}),
+    Case("openai-reasoning", "/v1/chat/completions",
+         {"model": "thinky", "messages": HELLO, "temperature": 0, "reasoning_effort": "low"},
+         expect={"body.choices[0].message.reasoning": "one."}),
+    Case("openai-reasoning-stream", "/v1/chat/completions",
+         {"model": "thinky", "messages": HELLO, "temperature": 0, "stream": True},
+         expect={f"{SECOND_DELTA}.content": "", f"{SECOND_DELTA}.reasoning": "."}),
+    Case("responses-reasoning", "/v1/responses", {"model": "thinky", "input": "hello the", "temperature": 0},
+         expect={"body.output[0].type": "reasoning"}),
     Case("show-template-of-a-bare-gguf", "/api/show", {"model": "bare"}, compare=("body.template",)),
 ]  # fmt: skip
 
@@ -226,6 +268,7 @@ RANDOM_IDS = [
     (re.compile(r"msg_\d+"), "msg_<n>"),
     (re.compile(r"fc_\d+_\d+"), "fc_<n>"),
     (re.compile(r"fc_resp_\d+_\d+"), "fc_resp_<n>"),
+    (re.compile(r"rs_(resp_)?\d+"), "rs_<n>"),
 ]
 
 
@@ -333,6 +376,7 @@ def _create_models(url: str, gguf: Path) -> None:
     create_from_gguf(client, "tooly", gguf, template=PLAIN_TOOLS_TEMPLATE)
     create_from_gguf(client, "qwen-tools", gguf, template=(TEMPLATES / "qwen2.5-tools.gotmpl").read_text())
     create_from_gguf(client, "bare", gguf)
+    create_from_gguf(client, "thinky", gguf, template=THINKING_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
