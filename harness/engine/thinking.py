@@ -14,6 +14,11 @@ server/routes.go:
   opening and closing tag (leading whitespace eaten) is thinking, the rest is content; a prompt that ends with
   the opening tag (the template opened it) starts inside the thinking. Chunks carry `thinking` beside the
   content (`message.thinking` in chat, `thinking` in generate), nothing while a tag is still ambiguous.
+
+Not done: Ollama's second pass for structured outputs on a thinking model (it generates without `format`
+until the thinking ends, then again with it); here `format` constrains the whole output. Models whose
+thinking Ollama parses with a built-in parser (harmony, qwen3-coder...) are not recognised: their GGUF
+config names the parser, which Ollama sets only for models from its registry.
 """
 
 from __future__ import annotations
