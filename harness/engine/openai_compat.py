@@ -39,7 +39,9 @@ Not supported, and said so, never silently wrong:
   thinking`, Ollama's answer; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
 - image_url content parts (checked as Ollama checks them first), logprobs on /v1/completions (chat has
-  them), _debug_render_only: Ollama supports them; a 400 names the field.
+  them): Ollama supports them; a 400 names the field.
+- `_debug_render_only` as in Ollama: chat answers the rendered prompt in `_debug_info` (usage 0,
+  finish_reason null), completions an empty completion.
 - response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
   suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
@@ -354,8 +356,6 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         output_format = "json"
     elif format_type == "json_schema" and response_format.get("json_schema"):
         output_format = (response_format["json_schema"] or {}).get("schema")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
     body = {
         "model": data.get("model") or "",
         "messages": converted,
@@ -370,6 +370,8 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         body["tools"] = data["tools"]
     if data.get("logprobs"):
         body["logprobs"] = True
+    if data.get("_debug_render_only"):
+        body["_debug_render_only"] = True
     if data.get("top_logprobs") is not None:
         body["top_logprobs"] = data["top_logprobs"]
     return body
@@ -385,14 +387,14 @@ def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     options["top_p"] = data.get("top_p") or 1.0
     if (data.get("logprobs") or 0) > 0:
         raise _unsupported("logprobs")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
     body = {
         "model": data.get("model") or "",
         "prompt": data.get("prompt") or "",
         "options": options,
         "stream": bool(data.get("stream")),
     }
+    if data.get("_debug_render_only"):
+        body["_debug_render_only"] = True
     if data.get("suffix"):
         body["suffix"] = data["suffix"]  # the engine's capability check answers it, as Ollama's does
     return body
@@ -481,6 +483,7 @@ def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, 
             }
         ],
         "usage": usage(answer),
+        **({"_debug_info": answer["_debug_info"]} if "_debug_info" in answer else {}),
     }
 
 

@@ -160,6 +160,13 @@ CASES = [
          {"model": "tooly", "messages": OPENAI_TOOL_HISTORY, "tools": TOOLS, "temperature": 0,
           "max_tokens": 3},
          expect={"body.choices[0].finish_reason": "length"}),
+    Case("openai-render-only", "/v1/chat/completions",
+         {"model": "tooly", "messages": TOOL_HISTORY[:1], "tools": TOOLS, "_debug_render_only": True},
+         expect={"body.choices[0].finish_reason": None, "body.usage.total_tokens": 0}),
+    Case("openai-render-only-stream", "/v1/chat/completions",
+         {"model": "tooly", "messages": HELLO, "_debug_render_only": True, "stream": True}),
+    Case("openai-completions-render-only", "/v1/completions",
+         {"model": "oracle", "prompt": "hello the", "_debug_render_only": True}),
     Case("openai-bad-tool-arguments", "/v1/chat/completions",
          {"model": "tooly", "messages": [{"role": "assistant", "content": "", "tool_calls": [
              {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
@@ -264,6 +271,7 @@ VOLATILE = {
 RANDOM_IDS = [
     (re.compile(r"call_[a-z0-9]{8}"), "call_<id>"),
     (re.compile(r"chatcmpl-\d{1,3}"), "chatcmpl-<n>"),
+    (re.compile(r"cmpl-\d{1,3}"), "cmpl-<n>"),
     (re.compile(r"resp_\d+"), "resp_<n>"),
     (re.compile(r"msg_\d+"), "msg_<n>"),
     (re.compile(r"fc_\d+_\d+"), "fc_<n>"),
