@@ -153,6 +153,8 @@ CASES = [
     Case("openai-tool-call", "/v1/chat/completions", OPENAI_CALL_BODY,
          expect={"body.choices[0].finish_reason": "tool_calls",
                  "body.choices[0].message.tool_calls[0].function.arguments": CITY}),
+    Case("openai-tool-choice-is-ignored", "/v1/chat/completions", {**OPENAI_CALL_BODY, "tool_choice": "none"},
+         expect={"body.choices[0].finish_reason": "tool_calls"}),
     Case("openai-tool-call-stream", "/v1/chat/completions", {**OPENAI_CALL_BODY, "stream": True},
          expect={"body[0].data.choices[0].delta.tool_calls[0].function.name": "get_weather",
                  "body[1].data.choices[0].finish_reason": "tool_calls", "body[2]": "[DONE]"}),
