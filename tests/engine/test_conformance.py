@@ -257,6 +257,7 @@ ALLOWED: dict[str, list[tuple[str, str]]] = {
     "chat-tool-call-stream": [("body[1].eval_count", GRAMMAR)],
     "chat-json-without-tag-is-content": [("body.message.content", GRAMMAR), ("body.eval_count", GRAMMAR)],
     "openai-tool-call": [("body.usage.*", GRAMMAR)],
+    "openai-tool-choice-is-ignored": [("body.usage.*", GRAMMAR)],
     "responses-tool-call": [("body.usage.*", GRAMMAR)],
     "show-template-of-a-bare-gguf": [
         (
