@@ -458,8 +458,8 @@ class Engine:
                 )
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
-            if body.get("_debug_render_only"):
-                return JSONResponse(_rendered_only(body, {"response": ""}, text))
+        if body.get("_debug_render_only"):
+            return JSONResponse(_rendered_only(body, {"response": ""}, text))
         context = None if body.get("raw") else _context_tokens(body.get("context"))
         reshape = self._output_parsers(manifest, text, think, [], chat=False)
         return await self._run(
@@ -489,10 +489,9 @@ class Engine:
             return await self._load_or_unload(manifest, body, message(""))
 
         tools = tools_of(body)
-        template = self._layer_text(manifest, MEDIA_TEMPLATE)
         try:
             text = render_chat(
-                template,
+                self._layer_text(manifest, MEDIA_TEMPLATE),
                 messages,
                 system=self._layer_text(manifest, MEDIA_SYSTEM),
                 model_messages=self._stored_messages(manifest),
