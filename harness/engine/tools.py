@@ -171,12 +171,15 @@ def go_tool(tool: Mapping[str, Any]) -> GoStruct:
     )
 
 
-def _sorted(value: Any) -> Any:
-    """A JSON value with object keys sorted, as Go marshals a map."""
+def _go_value(value: Any) -> Any:
+    """A JSON value as Go's `map[string]any` round trip leaves it: object keys sorted, and a whole float
+    written as an integer (Go marshals float64 2.0 as `2`)."""
     if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
+        return {key: _go_value(value[key]) for key in sorted(value)}
     if isinstance(value, list):
-        return [_sorted(item) for item in value]
+        return [_go_value(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
     return value
 
 
@@ -193,7 +196,7 @@ def tool_call_json(call: Mapping[str, Any]) -> dict[str, Any]:
     answer["function"] = {
         "index": int(function.get("index") or 0),
         "name": str(function.get("name") or ""),
-        "arguments": _sorted(arguments or {}),
+        "arguments": _go_value(arguments or {}),
     }
     return answer
 
@@ -290,7 +293,8 @@ def _find_arguments(name: str, buffer: str) -> tuple[dict[str, Any] | None, int]
                     start = -1
                     continue
                 arguments, found = _arguments_in(data, name)
-                return (arguments if found else data), i
+                chosen = arguments if found else data
+                return (None if chosen is None else _go_value(chosen)), i
             depth = max(depth, 0)
     return None, 0
 

@@ -103,6 +103,7 @@ OPENAI_CALL_BODY = {
 FIRST_CALL = "body.message.tool_calls[0].function"
 FULL_ORACLE = "registry.ollama.ai/library/oracle:latest"
 SECOND_DELTA = "body[1].data.choices[0].delta"
+GO_ARGUMENTS = '{"a":1.5,"b":2,"c":[3,{"z":1000}]}'
 NOT_ARRAY = (
     "input must be a string or array: json: cannot unmarshal number into Go value of type []json.RawMessage"
 )
@@ -207,6 +208,11 @@ CASES = [
          status=400, expect={"body.error": "Value looks like object, but can't find closing '}' symbol"}),
     Case("generate-ignores-tools", "/api/generate",
          {"model": "tooly", "prompt": "x", "tools": TOOLS, "_debug_render_only": True}),
+    Case("chat-render-tool-call-numbers", "/api/chat",  # Go's map[string]any: keys sorted, 2.0 written 2
+         {"model": "tooly", "messages": [{"role": "assistant", "content": "", "tool_calls": [
+             {"function": {"name": "f", "arguments": {"b": 2.0, "a": 1.5, "c": [3.0, {"z": 1e3}]}}}]}],
+          "_debug_render_only": True},
+         expect={"body._debug_info.rendered_template": f"assistant: CALL f {GO_ARGUMENTS}\nassistant:"}),
     Case("generate-raw-render-only", "/api/generate",
          {"model": "tooly", "prompt": "raw text", "raw": True, "_debug_render_only": True},
          expect={"body._debug_info.rendered_template": "raw text"}),
