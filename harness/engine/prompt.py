@@ -24,14 +24,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.engine.thinking import ThinkSetting
-from harness.engine.tools import go_tool, go_tool_call, tool_call_json
+from harness.engine.tools import go_tool_call, go_tools
 from harness.modelfile.gotemplate import GoStruct, GoTemplate, parse_template
 
 __all__ = ["DEFAULT_TEMPLATE", "collate", "ollama_template", "render_chat", "render_generate"]
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
 
-# Go field name -> JSON name of Ollama's api.Message (all but role/content are omitempty).
+# Go field name -> JSON name of Ollama's api.Message.
 _MESSAGE_FIELDS = {
     "Role": "role",
     "Content": "content",
@@ -72,13 +72,11 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _as_struct(message: dict[str, Any]) -> GoStruct:
+    """A message as the template sees it. Its `json` is that of a struct without JSON tags, as Ollama 0.33
+    marshals it: every field under its Go name, empty lists as null."""
     fields = {go: message[js] for go, js in _MESSAGE_FIELDS.items()}
     fields["ToolCalls"] = [go_tool_call(call) for call in message["tool_calls"]]
-    json_value = {
-        js: message[js] for js in _MESSAGE_FIELDS.values() if js in ("role", "content") or message[js]
-    }
-    if message["tool_calls"]:
-        json_value["tool_calls"] = [tool_call_json(call) for call in message["tool_calls"]]
+    json_value = {go: value if value != [] else None for go, value in fields.items()}
     return GoStruct("*api.Message", fields, json_value)
 
 
@@ -121,7 +119,7 @@ def _execute(
             {
                 "System": system,
                 "Messages": [_as_struct(m) for m in collated],
-                "Tools": [go_tool(tool) for tool in tools],
+                "Tools": go_tools(tools),
                 "Response": "",
                 "Query": "",
                 "Document": "",

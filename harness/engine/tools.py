@@ -30,12 +30,13 @@ from typing import Any
 
 from harness.engine.godecode import json_kind
 from harness.engine.routing import ApiError
-from harness.modelfile.gotemplate import GoStruct, GoTemplate, go_json
+from harness.modelfile.gotemplate import GoList, GoStruct, GoTemplate, go_json
 
 __all__ = [
     "ToolCallParser",
     "go_tool",
     "go_tool_call",
+    "go_tools",
     "tool_call_events",
     "tool_call_id",
     "tool_call_json",
@@ -171,6 +172,12 @@ def go_tool(tool: Mapping[str, Any]) -> GoStruct:
     )
 
 
+def go_tools(tools: Sequence[Mapping[str, Any]]) -> GoList:
+    """The request's tools as the template's `.Tools` (Ollama's `api.Tools`: printing it gives its JSON)."""
+    items = [go_tool(tool) for tool in tools]
+    return GoList(items, _struct_json([item.json_value for item in items]))
+
+
 def _go_value(value: Any) -> Any:
     """A JSON value as Go's `map[string]any` round trip leaves it: object keys sorted, and a whole float
     written as an integer (Go marshals float64 2.0 as `2`)."""
@@ -202,18 +209,17 @@ def tool_call_json(call: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def go_tool_call(call: Mapping[str, Any]) -> GoStruct:
-    """A message's tool call as Ollama's `api.ToolCall` (arguments print as their JSON)."""
+    """A message's tool call as the template sees Ollama's `api.ToolCall`: arguments print as their JSON,
+    and `json` gives Go's field names (as Ollama 0.33 marshals it in a template)."""
     marshalled = tool_call_json(call)
     function = marshalled["function"]
     arguments = GoStruct(
         "api.ToolCallFunctionArguments", {}, function["arguments"], go_json(function["arguments"])
     )
     go_function = GoStruct(
-        "api.ToolCallFunction",
-        {"Index": function["index"], "Name": function["name"], "Arguments": arguments},
-        function,
+        "api.ToolCallFunction", {"Index": function["index"], "Name": function["name"], "Arguments": arguments}
     )
-    return GoStruct("api.ToolCall", {"ID": marshalled.get("id", ""), "Function": go_function}, marshalled)
+    return GoStruct("api.ToolCall", {"ID": marshalled.get("id", ""), "Function": go_function})
 
 
 # --- the parser -------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["GoStruct", "GoTemplate", "TemplateError", "go_json", "parse_template"]
+__all__ = ["GoList", "GoStruct", "GoTemplate", "TemplateError", "go_json", "parse_template"]
 
 _SPACE = " \t\r\n"
 _KEYWORDS = {"if", "else", "end", "range", "with", "break", "continue", "template", "define", "block"}
@@ -64,6 +64,15 @@ class GoStruct:
     fields: Mapping[str, Any]
     json_value: Any = None
     text: str | None = None
+
+
+class GoList(list):
+    """A Go slice type with a `String()` method (Ollama's `api.Tools`): printing shows `text`; otherwise a
+    list."""
+
+    def __init__(self, items: Sequence[Any], text: str) -> None:
+        super().__init__(items)
+        self.text = text
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -640,6 +649,8 @@ def go_string(value: Any, *, top: bool = True) -> str:
         return _format_float(value)
     if isinstance(value, str):
         return value
+    if isinstance(value, GoList):
+        return value.text
     if isinstance(value, GoStruct):
         if value.text is not None:
             return value.text

@@ -65,6 +65,19 @@ THINK_HISTORY = [
     {"role": "assistant", "content": "x", "thinking": "hmm"},
     {"role": "user", "content": "hello the"},
 ]
+# Mistral-style: the tool list as one JSON array, tool calls as JSON.
+JSON_TOOLS_TEMPLATE = (
+    "{{ if .Tools }}[AVAILABLE_TOOLS] {{ json .Tools }}[/AVAILABLE_TOOLS]{{ end }}"
+    "{{ range .Messages }}{{ .Role }}: {{ .Content }}"
+    "{{ if .ToolCalls }}[TOOL_CALLS] {{ json .ToolCalls }}{{ end }}\n{{ end }}"
+)
+# Messages, tool calls and tools through `json` and printing, as the template sees Ollama's values.
+JSON_VALUES_TEMPLATE = (
+    "{{ range .Messages }}{{ json . }}|"
+    "{{ range .ToolCalls }}{{ json .Function }}/{{ json .Function.Arguments }}{{ end }}\n{{ end }}"
+    "{{ range .Tools }}{{ json .Function }}{{ end }}{{ .Tools }}"
+)
+GET_TOOL = {"type": "function", "function": {"name": "get_time", "description": "The time & date"}}
 RESPONSES_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -135,6 +148,14 @@ CASES = [
          {**CALL_BODY, "model": "qwen-tools", "stream": False}, expect={"body.done_reason": "stop"}),
     Case("chat-render-tools-history-qwen", "/api/chat",
          {"model": "qwen-tools", "messages": TOOL_HISTORY, "tools": TOOLS, "_debug_render_only": True}),
+    Case("chat-render-tools-history-llama3.1", "/api/chat",
+         {"model": "llama-tools", "messages": TOOL_HISTORY, "tools": TOOLS, "_debug_render_only": True}),
+    Case("chat-render-tools-json-list", "/api/chat",
+         {"model": "json-tools", "messages": TOOL_HISTORY, "tools": [*TOOLS, GET_TOOL],
+          "_debug_render_only": True}),
+    Case("chat-render-json-values", "/api/chat",
+         {"model": "json-values", "messages": TOOL_HISTORY, "tools": [*TOOLS, GET_TOOL],
+          "_debug_render_only": True}),
     Case("chat-render-tools-go-values", "/api/chat",
          {"model": "tooly", "messages": TOOL_HISTORY, "tools": TOOLS, "_debug_render_only": True}),
     Case("chat-tool-history", "/api/chat",
@@ -396,6 +417,10 @@ def _create_models(url: str, gguf: Path) -> None:
     create_from_gguf(client, "tooly", gguf, template=PLAIN_TOOLS_TEMPLATE)
     create_from_gguf(client, "qwen-tools", gguf, template=(TEMPLATES / "qwen2.5-tools.gotmpl").read_text())
     create_from_gguf(client, "bare", gguf)
+    llama = (TEMPLATES / "llama3.1-tools.gotmpl").read_text()
+    create_from_gguf(client, "llama-tools", gguf, template=llama)
+    create_from_gguf(client, "json-tools", gguf, template=JSON_TOOLS_TEMPLATE)
+    create_from_gguf(client, "json-values", gguf, template=JSON_VALUES_TEMPLATE)
     create_from_gguf(client, "thinky", gguf, template=THINKING_TEMPLATE)
 
 
