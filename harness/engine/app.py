@@ -530,9 +530,13 @@ class Engine:
         try:
             output_format = format_fields(body.get("format"))
         except FormatError as error:
-            raise ApiError(500, str(error)) from None
+            raise ApiError(error.status, str(error)) from None
         model_request = self._model_request(manifest, options, self._keep_alive(body))
-        payload = {"prompt": prompt, **completion_fields(options), **output_format}
+        payload = {
+            "prompt": prompt,
+            **completion_fields(options, model_request.load_options.num_ctx),
+            **output_format,
+        }
         top_logprobs = int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1
         if top_logprobs >= 0:
             payload["n_probs"] = max(top_logprobs, 1)

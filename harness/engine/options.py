@@ -57,6 +57,10 @@ _BOOL_OPTIONS = {"use_mmap"}
 _LIST_OPTIONS = {"stop"}
 
 
+# Ollama 0.33 ends a generation without num_predict at 10 x num_ctx tokens (observed: num_ctx 128 -> 1,280).
+UNLIMITED_PREDICT_CTX = 10
+
+
 class OptionError(ValueError):
     """An option of the wrong type (Ollama answers 500 with this text)."""
 
@@ -98,10 +102,15 @@ def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def completion_fields(options: Mapping[str, Any]) -> dict[str, Any]:
-    """llama.cpp `/completion` sampling fields for merged Ollama options."""
+def completion_fields(options: Mapping[str, Any], num_ctx: int) -> dict[str, Any]:
+    """llama.cpp `/completion` sampling fields for merged Ollama options, for a model loaded with `num_ctx`.
+
+    A negative `num_predict` (no limit) becomes 10 x num_ctx, where Ollama 0.33 stops such a generation
+    (done_reason "length"); the runner shifts its context as it fills (runner.py), as Ollama's does."""
     fields: dict[str, Any] = {
-        "n_predict": options["num_predict"],
+        "n_predict": options["num_predict"]
+        if options["num_predict"] >= 0
+        else UNLIMITED_PREDICT_CTX * num_ctx,
         "temperature": options["temperature"],
         "top_k": options["top_k"],
         "top_p": options["top_p"],
