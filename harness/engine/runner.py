@@ -17,6 +17,11 @@ Front side: `RunnerProcess` starts the child with its stderr kept in a log file,
 (PR_SET_PDEATHSIG), streams `/completion` over httpx, and turns a failed start into Ollama 0.33's message
 `llama-server process has terminated: exit status 1: error loading model: <cause>`.
 
+Settings: Ollama 0.33's llama-server command line (`-c N -np P --load-mode none --flash-attn auto -b B
+-ub B -t T --context-shift --keep 4`): weights read into memory rather than mapped, micro-batch = batch,
+and the context shifted when a generation fills it (the older half after `n_keep` is dropped) instead of
+stopping there.
+
 Memory: `/api/ps` `size` is what Ollama 0.33 reports: the sum of the buffer sizes llama.cpp logs while
 loading (`CPU_Mapped model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
 parsed from the runner's log like Ollama's `memoryParsingWriter`, or the model file's size when no such
@@ -67,6 +72,12 @@ MIB = 1 << 20
 _LOAD_DONE = "model loaded"  # llama-server's init line after the model and context are set up
 _VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
 _TIMEOUT = httpx.Timeout(None, connect=10.0)  # a completion may run long; connecting to loopback may not
+NUM_KEEP = 4  # Ollama's default num_keep, its llama-server's `--keep` (requests send their own `n_keep`)
+# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool).
+# libgomp's default spin (300,000 rounds) keeps idle workers busy-waiting long after each graph, taking the
+# CPU from the runner's server thread and from the engine: on 2 cores prompt evaluation ran at half of
+# Ollama's speed; with 100,000 it is on par (benchmarks/bench_vs_ollama.py). An explicit GOMP_SPINCOUNT wins.
+OPENMP_SPIN_COUNT = "100000"
 
 
 def set_parent_death_signal() -> None:
@@ -424,14 +435,23 @@ def _serve(args: argparse.Namespace) -> int:
     set_parent_death_signal()
     # Only the main thread takes these signals; llama.cpp's threads inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    # Read by libgomp when xllamacpp loads it, so set before the import (see OPENMP_SPIN_COUNT).
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
     import xllamacpp
 
+    # Ollama 0.33's llama-server settings (its command line: `-c N -np P --load-mode none --flash-attn auto
+    # -b B -ub B -t T --context-shift --keep 4`).
     params = xllamacpp.CommonParams()
     params.model.path = args.model
     params.n_ctx = args.ctx
     params.n_parallel = args.parallel
     params.kv_unified = False
     params.n_batch = args.batch
+    params.n_ubatch = args.batch
+    params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
+    params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_AUTO
+    params.ctx_shift = True
+    params.n_keep = NUM_KEEP
     params.embedding = args.embedding
     if args.pooling:
         params.pooling_type = getattr(

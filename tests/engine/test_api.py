@@ -378,3 +378,21 @@ def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as pushed:
         client.push("tiny")
     assert pushed.value.status_code == 500 and "no registry to push to" in pushed.value.error
+
+
+# --- context shift ---------------------------------------------------------------------------------------
+
+
+def test_generation_past_the_context_shifts_it_as_ollama_does(client: ollama.Client) -> None:
+    """With num_ctx 128 (llama.cpp makes the slot 256), 300 tokens: the runner drops the older half of the
+    context when it fills and goes on, as Ollama 0.33's llama-server (`--context-shift`) does."""
+    reply = client.generate(
+        model="tiny", prompt="hello", raw=True, options={**GREEDY, "num_ctx": 128, "num_predict": 300}
+    )
+    assert (reply.done_reason, reply.eval_count) == ("length", 300)
+
+
+def test_generation_without_num_predict_stops_at_ten_contexts(client: ollama.Client) -> None:
+    """Ollama 0.33 ends a generation without num_predict at 10 x num_ctx tokens, done_reason "length"."""
+    reply = client.generate(model="tiny", prompt="hello", raw=True, options={**GREEDY, "num_ctx": 128})
+    assert (reply.done_reason, reply.eval_count) == ("length", 1280)
