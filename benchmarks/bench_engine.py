@@ -27,6 +27,7 @@ import ollama
 from tabulate import tabulate
 
 from harness.engine import EmbeddedEngine
+from harness.engine.runner import server_params
 
 NUM_CTX = 2048
 
@@ -95,19 +96,10 @@ def run_engine(client: ollama.Client, prompt: str, n_predict: int, threads: int)
 
 
 def start_inprocess(path: Path, threads: int) -> Any:
+    """llama.cpp in this process, with the runner's own settings (harness.engine.runner.server_params)."""
     import xllamacpp
 
-    params = xllamacpp.CommonParams()
-    params.model.path = str(path)
-    params.n_ctx = NUM_CTX
-    params.n_parallel = 1
-    params.kv_unified = False
-    params.fit_params = False
-    if threads:
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-    params.verbosity = 1
-    return xllamacpp.Server(params)
+    return xllamacpp.Server(server_params(str(path), n_ctx=NUM_CTX, n_threads=threads, verbosity=1))
 
 
 def run_inprocess(server: Any, prompt: str, n_predict: int) -> Sample:

@@ -431,39 +431,62 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-def _serve(args: argparse.Namespace) -> int:
-    set_parent_death_signal()
-    # Only the main thread takes these signals; llama.cpp's threads inherit the mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    # Read by libgomp when xllamacpp loads it, so set before the import (see OPENMP_SPIN_COUNT).
-    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
+def server_params(
+    model: str,
+    *,
+    n_ctx: int,
+    n_parallel: int = 1,
+    n_batch: int = 512,
+    n_threads: int = 0,
+    embedding: bool = False,
+    pooling: str | None = None,
+    verbosity: int = _VERBOSITY,
+) -> Any:
+    """xllamacpp.CommonParams for a llama-server set up as Ollama 0.33 starts its own (`-c N -np P
+    --load-mode none --flash-attn auto -b B -ub B -t T --context-shift --keep 4`); `n_threads` 0: llama.cpp's
+    default. Sets GOMP_SPINCOUNT (unless set) before importing xllamacpp: see OPENMP_SPIN_COUNT."""
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)  # libgomp reads it when xllamacpp loads it
     import xllamacpp
 
-    # Ollama 0.33's llama-server settings (its command line: `-c N -np P --load-mode none --flash-attn auto
-    # -b B -ub B -t T --context-shift --keep 4`).
     params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.n_ctx = args.ctx
-    params.n_parallel = args.parallel
+    params.model.path = model
+    params.n_ctx = n_ctx
+    params.n_parallel = n_parallel
     params.kv_unified = False
-    params.n_batch = args.batch
-    params.n_ubatch = args.batch
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
     params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
     params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_AUTO
     params.ctx_shift = True
     params.n_keep = NUM_KEEP
-    params.embedding = args.embedding
-    if args.pooling:
-        params.pooling_type = getattr(
-            xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}"
-        )
-    if args.threads > 0:
-        params.cpuparams.n_threads = args.threads
-        params.cpuparams_batch.n_threads = args.threads
-    params.verbosity = _VERBOSITY
+    params.embedding = embedding
+    if pooling:
+        params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{pooling.upper()}")
+    if n_threads > 0:
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+    params.verbosity = verbosity
     params.fit_params = False
+    return params
+
+
+def _serve(args: argparse.Namespace) -> int:
+    set_parent_death_signal()
+    # Only the main thread takes these signals; llama.cpp's threads inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    params = server_params(
+        args.model,
+        n_ctx=args.ctx,
+        n_parallel=args.parallel,
+        n_batch=args.batch,
+        n_threads=args.threads,
+        embedding=args.embedding,
+        pooling=args.pooling,
+    )
     params.hostnames = ["127.0.0.1"]
     params.port = 0
+    import xllamacpp  # loaded by server_params already
+
     try:
         server = xllamacpp.Server(params)
     except RuntimeError as error:
