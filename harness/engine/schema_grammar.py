@@ -6,9 +6,11 @@ line per problem (`Unrecognized schema: {...}`, `Error resolving ref ...`, ...).
 wheel's llama-server converts `json_schema` to an llguidance grammar instead, which accepts other schemas
 than Ollama's, and when it cannot compile one it logs the error and samples unconstrained (HTTP 200).
 
-One departure from that C++ text, following real Ollama 0.33 (whose llama.cpp is newer): a `pattern` need
-not be anchored; a missing `^` or `$` becomes `.*` on that side (JSON Schema patterns match anywhere), as
-llama.cpp's own Python port (examples/json_schema_to_grammar.py) does.
+Two points follow the newer llama.cpp that real Ollama 0.33 runs, as its Python twin
+(examples/json_schema_to_grammar.py) has them: optional whitespace (`space`) only after `{`, `[`, `:` and `,`
+and before `}` and `]`, never after a value (so nothing may follow the document: Ollama 0.33 answers
+`"aaaa"` where the older layout let the model add a trailing space), and a `pattern` need not be anchored (a
+missing `^` or `$` becomes `.*` on that side: JSON Schema patterns match anywhere).
 """
 
 from __future__ import annotations
@@ -30,30 +32,30 @@ class BuiltinRule:
 
 
 PRIMITIVE_RULES = {
-    "boolean": BuiltinRule('("true" | "false") space'),
+    "boolean": BuiltinRule('("true" | "false")'),
     "decimal-part": BuiltinRule("[0-9]{1,16}"),
     "integral-part": BuiltinRule("[0] | [1-9] [0-9]{0,15}"),
     "number": BuiltinRule(
-        '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+        '("-"? integral-part) ("." decimal-part)? ([eE] [-+]? integral-part)?',
         ("integral-part", "decimal-part"),
     ),
-    "integer": BuiltinRule('("-"? integral-part) space', ("integral-part",)),
+    "integer": BuiltinRule('("-"? integral-part)', ("integral-part",)),
     "value": BuiltinRule(
         "object | array | string | number | boolean | null",
         ("object", "array", "string", "number", "boolean", "null"),
     ),
     "object": BuiltinRule(
-        '"{" space ( string ":" space value ("," space string ":" space value)* )? "}" space',
+        '"{" space ( string ":" space value ("," space string ":" space value)* )? space "}"',
         ("string", "value"),
     ),
-    "array": BuiltinRule('"[" space ( value ("," space value)* )? "]" space', ("value",)),
+    "array": BuiltinRule('"[" space ( value ("," space value)* )? space "]"', ("value",)),
     "uuid": BuiltinRule(
         '"\\"" [0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" '
-        '[0-9a-fA-F]{12} "\\"" space'
+        '[0-9a-fA-F]{12} "\\""'
     ),
     "char": BuiltinRule('[^"\\\\\\x7F\\x00-\\x1F] | [\\\\] (["\\\\bfnrt] | "u" [0-9a-fA-F]{4})'),
-    "string": BuiltinRule('"\\"" char* "\\"" space', ("char",)),
-    "null": BuiltinRule('"null" space'),
+    "string": BuiltinRule('"\\"" char* "\\""', ("char",)),
+    "null": BuiltinRule('"null"'),
 }
 STRING_FORMAT_RULES = {
     "date": BuiltinRule('[0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )'),
@@ -62,9 +64,9 @@ STRING_FORMAT_RULES = {
         '( "Z" | ( "+" | "-" ) ( [01] [0-9] | "2" [0-3] ) ":" [0-5] [0-9] )'
     ),
     "date-time": BuiltinRule('date "T" time', ("date", "time")),
-    "date-string": BuiltinRule('"\\"" date "\\"" space', ("date",)),
-    "time-string": BuiltinRule('"\\"" time "\\"" space', ("time",)),
-    "date-time-string": BuiltinRule('"\\"" date-time "\\"" space', ("date-time",)),
+    "date-string": BuiltinRule('"\\"" date "\\""', ("date",)),
+    "time-string": BuiltinRule('"\\"" time "\\""', ("time",)),
+    "date-time-string": BuiltinRule('"\\"" date-time "\\""', ("date-time",)),
 }
 RESERVED_NAMES = {"root", *PRIMITIVE_RULES, *STRING_FORMAT_RULES}
 INVALID_RULE_CHARS = re.compile(r"[^a-zA-Z0-9-]+")
@@ -367,10 +369,10 @@ class SchemaConverter:
         if isinstance(schema_type, list):
             return self.add_rule(rule_name, self._union(name, [{**schema, "type": t} for t in schema_type]))
         if is_object and "const" in schema:
-            return self.add_rule(rule_name, format_literal(dump(schema["const"])) + " space")
+            return self.add_rule(rule_name, format_literal(dump(schema["const"])))
         if is_object and "enum" in schema:
             values = " | ".join(format_literal(dump(value)) for value in schema["enum"])
-            return self.add_rule(rule_name, f"({values}) space")
+            return self.add_rule(rule_name, f"({values})")
         untyped = schema_type is None
         if (untyped or schema_type == "object") and (
             "properties" in schema
@@ -390,13 +392,13 @@ class SchemaConverter:
                     self.visit(item, f"{name}{'-' if name else ''}tuple-{index}")
                     for index, item in enumerate(items)
                 )
-                return self.add_rule(rule_name, f'"[" space {parts} "]" space')
+                return self.add_rule(rule_name, f'"[" space {parts} space "]"')
             item_rule = self.visit(items, f"{name}{'-' if name else ''}item")
             high = get("maxItems")
             repeated = build_repetition(
                 item_rule, int(get("minItems") or 0), high if isinstance(high, int) else INT_MAX, '"," space'
             )
-            return self.add_rule(rule_name, f'"[" space {repeated} "]" space')
+            return self.add_rule(rule_name, f'"[" space {repeated} space "]"')
         if (untyped or schema_type == "string") and "pattern" in schema:
             return self._visit_pattern(str(schema["pattern"]), rule_name)
         if (untyped or schema_type == "string") and UUID_FORMAT.match(schema_format):
@@ -409,7 +411,7 @@ class SchemaConverter:
         if schema_type == "string" and ("minLength" in schema or "maxLength" in schema):
             char_rule = self.add_primitive("char", PRIMITIVE_RULES["char"])
             length = build_repetition(char_rule, int(get("minLength", 0)), int(get("maxLength", INT_MAX)))
-            return self.add_rule(rule_name, f'"\\"" {length} "\\"" space')
+            return self.add_rule(rule_name, f'"\\"" {length} "\\""')
         bounds = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
         if schema_type == "integer" and any(key in schema for key in bounds):
             low, high = INT64_MIN, INT64_MAX
@@ -423,7 +425,7 @@ class SchemaConverter:
                 high = int(schema["exclusiveMaximum"]) - 1
             out = ["("]
             build_min_max_int(low, high, out)
-            out.append(") space")
+            out.append(")")
             return self.add_rule(rule_name, "".join(out))
         if (is_object and not schema) or schema_type == "object":
             return self.add_rule(rule_name, self.add_primitive("object", PRIMITIVE_RULES["object"]))
@@ -464,7 +466,7 @@ class SchemaConverter:
                 add_component(part, True)
         common = [literal for literal, count in sorted(enum_counts.items()) if count == len(schema["allOf"])]
         if common:
-            return "(" + " | ".join(common) + ") space"
+            return "(" + " | ".join(common) + ")"
         return self._object_rule(properties, required, name, None)
 
     def _object_rule(
@@ -516,7 +518,7 @@ class SchemaConverter:
             if required_keys:
                 rule += " )"
             rule += " )?"
-        return rule + ' "}" space'
+        return rule + ' space "}"'
 
     def _not_strings(self, strings: list[str]) -> str:
         """A JSON string that is none of `strings` (llama.cpp's _not_strings, a trie)."""
@@ -550,7 +552,7 @@ class SchemaConverter:
                 out.append(f'[^"{rejects}] {char_rule}*')
 
         visit(trie)
-        out.append(" )" + ("" if "" in trie else "?") + ' ["] space')
+        out.append(" )" + ("" if "" in trie else "?") + ' ["]')
         return "".join(out)
 
     def _visit_pattern(self, pattern: str, name: str) -> str:
@@ -695,7 +697,7 @@ class SchemaConverter:
                         seq.append((literal, True))
             return join_seq()
 
-        return self.add_rule(name, '"\\"" (' + to_rule(transform()) + ') "\\"" space')
+        return self.add_rule(name, '"\\"" (' + to_rule(transform()) + ') "\\""')
 
     def format_grammar(self) -> str:
         return "".join(f"{name} ::= {rule}\n" for name, rule in sorted(self.rules.items()))
