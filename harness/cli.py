@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from harness import __version__
 from harness.errors import HarnessError
 
-# Modules that contribute sub-commands, in the order they appear in `harness --help`.
+# Modules that contribute sub-commands, in the order they appear in `harness --help`: the pipeline's order
+# (build and check the GGUF, render the Modelfile, serve it, load it, report on the runs).
 COMMAND_MODULES = (
     "harness.gguf.commands",
-    "harness.modelfile_commands",
-    "harness.report_commands",
+    "harness.modelfile.commands",
     "harness.engine.commands",
-    "harness.load_commands",
+    "harness.load.commands",
+    "harness.report.commands",
 )
 
 

@@ -1,20 +1,6 @@
-"""Build and check GGUF files: specs and profiles, vocab, weight recipes, file plans, the streaming writer."""
+"""Build and check GGUF files: specs and profiles, vocab, weight recipes, file plans, the streaming writer,
+the checker and its repairs, quantize at create, and llama.cpp in a child process.
 
-from harness.gguf.build import BuiltModel, build_cached, build_gguf, write_gguf
-from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
-from harness.gguf.spec import ModelSpec, OracleSpec, list_profiles, load_profile
-
-__all__ = [
-    "KV",
-    "BuiltModel",
-    "GGUFPlan",
-    "ModelSpec",
-    "OracleSpec",
-    "TensorPlan",
-    "build_cached",
-    "build_gguf",
-    "list_profiles",
-    "load_profile",
-    "plan_gguf",
-    "write_gguf",
-]
+Import from the modules (`harness.gguf.build`, `harness.gguf.check`, ...): this package imports nothing, so
+that a metadata check does not pay for numpy and the writer at start-up.
+"""

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from harness.gguf.build import build_gguf
-from harness.gguf.spec import TENSOR_TYPES, list_profiles, load_profile
+from harness.gguf.spec import list_profiles, load_profile
+from harness.gguf.types import TENSOR_TYPES
 
 
 def register(subparsers: Any) -> None:
@@ -72,8 +73,8 @@ def register_check(gguf_commands: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from harness.errors import GGUFReadError
-    from harness.gguf.check import check_gguf
+    from harness.errors import GGUFReadError  # start-up: each sub-command imports what it runs
+    from harness.gguf.check import check_gguf  # start-up: each sub-command imports what it runs
 
     try:
         report = check_gguf(args.file, deep=args.deep)
@@ -135,8 +136,8 @@ def register_fix(gguf_commands: Any) -> None:
 def run_fix(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.gguf.fix_plan import FixOptions, plan_fix
-    from harness.gguf.fix_write import write_fix
+    from harness.gguf.fix_plan import FixOptions, plan_fix  # start-up: each sub-command imports what it runs
+    from harness.gguf.fix_write import write_fix  # start-up: each sub-command imports what it runs
 
     options = FixOptions(
         set_values=tuple(args.set_values),

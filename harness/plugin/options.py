@@ -1,0 +1,189 @@
+"""The suites' options: command-line flags and harness.toml, validated once.
+
+Thresholds, highest precedence first: the command line (`--threshold math=0.6`), then `harness.toml`
+(`[suites.thresholds.math]`, per model name pattern), then `DEFAULT_THRESHOLDS`. A bad value is a
+`HarnessError` that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import HarnessConfig, load_config
+from harness.errors import HarnessError
+
+QUALITY_SUITES = ("math", "quantum")
+# Accuracy (strict grading) a model must reach for a quality suite to pass. Half right is a low bar for a
+# chat model on these items and far above what a model that is not a language model can reach (about 0).
+DEFAULT_THRESHOLDS: Mapping[str, float] = {"math": 0.5, "quantum": 0.5}
+DEFAULT_PROFILE = "oracle"
+DEFAULT_NUM_PREDICT = 64
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    """Everything the suites need to know about what to test and how, after validation."""
+
+    host: str | None = None
+    hosts: tuple[str, ...] = ()  # every --ollama-host (harness.plugin.hosts); `host` is this session's
+    embedded: bool = False
+    model: str | None = None
+    gguf: Path | None = None
+    profile: str = DEFAULT_PROFILE
+    modelfile: str | None = None
+    keep_models: bool = False
+    run_dir: Path = Path("reports")
+    threshold_flags: Mapping[str, float] = field(default_factory=dict)
+    config: HarnessConfig = field(default_factory=HarnessConfig)
+    repeats: int = 1
+    max_items: int | None = None
+    num_predict: int = DEFAULT_NUM_PREDICT
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    engine_models_dir: Path | None = None
+    matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.plugin.matrix)
+
+    @property
+    def uses_fixture_model(self) -> bool:
+        """True when the model under test is built from a fixture profile (no --model, no --gguf)."""
+        return self.model is None and self.gguf is None
+
+    def threshold(self, suite: str, model: str, suite_default: float | None = None) -> float:
+        """The accuracy `suite` must reach on `model`: --threshold, else harness.toml
+        (`[suites.thresholds.<suite>]`, by model name pattern), else the suite file's own threshold, else
+        `DEFAULT_THRESHOLDS`."""
+        if suite in self.threshold_flags:
+            return self.threshold_flags[suite]
+        configured = self.config.suite_threshold(suite, model)
+        if configured is not None:
+            return configured
+        return suite_default if suite_default is not None else DEFAULT_THRESHOLDS.get(suite, 0.5)
+
+    def to_record(self) -> dict[str, Any]:
+        """The options as plain data for run.json."""
+        return {
+            "host": self.host,
+            "hosts": list(self.hosts),
+            "embedded": self.embedded,
+            "model": self.model,
+            "gguf": str(self.gguf) if self.gguf else None,
+            "profile": self.profile,
+            "modelfile": self.modelfile,
+            "keep_models": self.keep_models,
+            "run_dir": str(self.run_dir),
+            "threshold_flags": dict(self.threshold_flags),
+            "config": str(self.config.source) if self.config.source else None,
+            "repeats": self.repeats,
+            "max_items": self.max_items,
+            "num_predict": self.num_predict,
+            "request_timeout_s": self.request_timeout_s,
+            "matrix": list(self.matrix),
+        }
+
+
+def parse_suite_threshold(text: str) -> tuple[str, float]:
+    """`SUITE=VALUE` with VALUE a fraction in [0, 1] (or a percentage such as 60%)."""
+    suite, sep, value_text = text.partition("=")
+    suite = suite.strip()
+    if not sep or not suite:
+        raise HarnessError(
+            f"--threshold {text!r} is not SUITE=VALUE",
+            f"write e.g. --threshold math=0.6 (suites: {', '.join(QUALITY_SUITES)})",
+        )
+    return suite, _fraction(value_text.strip(), f"--threshold {text}")
+
+
+def _fraction(text: Any, where: str) -> float:
+    try:
+        value = float(str(text).rstrip("%")) / (100.0 if str(text).endswith("%") else 1.0)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise HarnessError(f"{where}: {text!r} is not an accuracy between 0 and 1", "use e.g. 0.5 or 50%")
+    return value
+
+
+def parse_threshold_flags(flags: Sequence[str]) -> dict[str, float]:
+    """The `--threshold SUITE=VALUE` flags as a table (a later flag for the same suite wins)."""
+    thresholds: dict[str, float] = {}
+    for flag in flags:
+        suite, value = parse_suite_threshold(flag)
+        if suite not in QUALITY_SUITES:
+            raise HarnessError(
+                f"--threshold {flag}: unknown suite {suite!r}",
+                f"thresholds apply to the quality suites: {', '.join(QUALITY_SUITES)}",
+            )
+        thresholds[suite] = value
+    return thresholds
+
+
+def positive_int(text: str | int | None, flag: str, *, minimum: int = 1) -> int | None:
+    """An integer flag value >= minimum (None stays None)."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = minimum - 1
+    if value < minimum:
+        raise HarnessError(
+            f"{flag} {text!r} must be an integer >= {minimum}", f"e.g. {flag} {max(minimum, 3)}"
+        )
+    return value
+
+
+def options_from_pytest(config: pytest.Config) -> SuiteOptions:
+    """The validated SuiteOptions from the command line and harness.toml; raises HarnessError."""
+    get = config.getoption
+    model, gguf = get("harness_model"), get("harness_gguf")
+    if get("embedded_engine") and get("ollama_host"):
+        raise HarnessError("--embedded-engine and --ollama-host both given", "choose one server to test")
+    if model and gguf:
+        raise HarnessError("--model and --gguf both given", "test an existing model or a GGUF file, not both")
+    timeout = get("request_timeout")
+    try:
+        request_timeout = float(timeout)
+    except ValueError:
+        request_timeout = 0.0
+    if request_timeout <= 0:
+        raise HarnessError(f"--request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120")
+    engine_models_dir = get("engine_models_dir")
+    if model and get("harness_matrix"):
+        raise HarnessError(
+            "--matrix with --model: an existing model has one tensor type",
+            "use --matrix with a fixture profile or with --gguf (an F16/F32 file the server can quantize)",
+        )
+    matrix: tuple[str, ...] = ()
+    if get("harness_matrix") is not None:
+        from harness.plugin.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
+
+        matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+    from harness.plugin.hosts import parse_hosts
+
+    hosts = parse_hosts(get("ollama_host"))
+    return SuiteOptions(
+        host=hosts[0] if hosts else None,
+        hosts=hosts,
+        embedded=bool(get("embedded_engine")),
+        model=model,
+        gguf=Path(gguf).expanduser() if gguf else None,
+        profile=get("harness_profile"),
+        modelfile=get("harness_modelfile"),
+        keep_models=bool(get("keep_models")),
+        run_dir=Path(get("run_dir")),
+        threshold_flags=parse_threshold_flags(get("harness_thresholds")),
+        config=load_config(get("harness_config")),
+        repeats=positive_int(get("repeats"), "--repeats") or 1,
+        max_items=positive_int(get("max_items"), "--max-items"),
+        num_predict=positive_int(get("num_predict"), "--num-predict") or DEFAULT_NUM_PREDICT,
+        request_timeout_s=request_timeout,
+        engine_models_dir=Path(engine_models_dir) if engine_models_dir else None,
+        matrix=matrix,
+    )

@@ -1,0 +1,219 @@
+"""One suites session: the run record, the server, the client, and the models it created.
+
+`HarnessSession.start` opens the run folder first (so that even a failure to reach the server is recorded),
+then reaches the server (`harness.server`), reads its version, and keeps everything on an `ExitStack` that
+`finish` unwinds: models this session created are deleted (unless --keep-models), an embedded engine is
+stopped, and the run is marked complete or incomplete with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import tempfile
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import HarnessError, ServerError
+from harness.plugin.hosts import HostRecorder
+from harness.plugin.options import SuiteOptions
+from harness.runs import RunRecorder
+from harness.server.reach import Server, reach_server, requested_host
+
+if TYPE_CHECKING:
+    from harness.plugin.models import ModelUnderTest
+    from harness.server.client import OllamaClient
+
+# The embedded engine's scheduler settings for the suites: two parallel slots and a short queue, so that the
+# load suite can fill both and then overflow the queue (503) within seconds on a CPU.
+ENGINE_LOG = "engine.log"  # the embedded engine's log, kept in the run folder
+EMBEDDED_NUM_PARALLEL = 2
+EMBEDDED_MAX_QUEUE = 4
+EMBEDDED_ENGINE_ENV = {
+    "OLLAMA_NUM_PARALLEL": str(EMBEDDED_NUM_PARALLEL),
+    "OLLAMA_MAX_QUEUE": str(EMBEDDED_MAX_QUEUE),
+    "OLLAMA_KEEP_ALIVE": "5m",
+}
+
+
+SESSION_MODULES = ("harness.server.client", "harness.plugin.models")
+
+
+def import_session_modules() -> None:
+    """Import what the session needs next (the Ollama client, the GGUF builder: about half a second of a
+    2-core machine), so that it happens while the embedded engine starts in its own process."""
+    for module in SESSION_MODULES:
+        importlib.import_module(module)
+
+
+class HarnessSession:
+    """The state the suites share for one pytest session. Create with `start`, end with `finish`."""
+
+    def __init__(self, options: SuiteOptions, recorder: RunRecorder | HostRecorder) -> None:
+        self.options = options
+        self.recorder = recorder
+        self._stack = ExitStack()
+        self._lock = threading.Lock()
+        self.server: Server | None = None
+        self.client: OllamaClient | None = None
+        self.server_version: str | None = None
+        self.models: list[ModelUnderTest] = []
+        self.server_down: str | None = None
+        self.interrupted: str | None = None
+
+    @classmethod
+    def start(
+        cls,
+        options: SuiteOptions,
+        *,
+        suites: list[str] | None = None,
+        recorder: RunRecorder | HostRecorder | None = None,
+    ) -> HarnessSession:
+        """Open the run folder (or write through `recorder`: one host of a multi-host run), reach the server
+        and read its version; raises HarnessError when that fails (the run folder is then kept, marked
+        incomplete with the reason)."""
+        if recorder is None:
+            recorder = RunRecorder.create(
+                options.run_dir, {"options": options.to_record(), "suites": suites or []}
+            )
+        session = cls(options, recorder)
+        try:
+            if options.gguf is not None:
+                # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+                from harness.plugin.models import check_user_gguf
+
+                report = check_user_gguf(options.gguf)
+                recorder.update({"gguf_check": report.summary_line()})
+            session._connect()
+        except HarnessError as error:
+            session.finish(status="incomplete", reason=f"the session could not start: {error.message}")
+            raise
+        except BaseException as error:
+            session.finish(status="incomplete", reason=f"start failed: {type(error).__name__}: {error}")
+            raise
+        return session
+
+    def _connect(self) -> None:
+        models_dir = self.options.engine_models_dir
+        if models_dir is None:
+            models_dir = Path(
+                self._stack.enter_context(tempfile.TemporaryDirectory(prefix="harness-engine-"))
+            )
+        self.server = self._stack.enter_context(
+            reach_server(
+                requested_host(self.options.host),
+                models_dir=models_dir,
+                engine_env=EMBEDDED_ENGINE_ENV,
+                embedded=self.options.embedded,
+                engine_log=self.recorder.path / ENGINE_LOG,
+                while_starting=import_session_modules,
+            )
+        )
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+        from harness.server.client import OllamaClient
+
+        self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)
+        self.server_version = self.client.version()
+        self.recorder.update(
+            {
+                "server": {
+                    "host": self.server.host,
+                    "url": self.server.url,
+                    "version": self.server_version,
+                    "engine_kind": self.server.kind,
+                    "how": self.server.how,
+                    "pid": self.server.pid,
+                    "num_parallel": self.num_parallel,
+                    "max_queue": self.max_queue,
+                    "log": ENGINE_LOG if self.is_embedded else None,
+                }
+            }
+        )
+
+    # ---------------------------------------------------------------------------------------- server facts
+
+    @property
+    def is_embedded(self) -> bool:
+        """Whether the server is the embedded engine this session started."""
+        return self.server is not None and self.server.kind == "embedded"
+
+    @property
+    def num_parallel(self) -> int | None:
+        """Parallel requests per model the server runs: known for the embedded engine, else from
+        harness.toml `[load] num_parallel`, else None (unknown)."""
+        if self.is_embedded:
+            return EMBEDDED_NUM_PARALLEL
+        value = self.options.config.load.get("num_parallel")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def max_queue(self) -> int | None:
+        """Requests the server queues before answering 503: as for `num_parallel`."""
+        if self.is_embedded:
+            return EMBEDDED_MAX_QUEUE
+        value = self.options.config.load.get("max_queue")
+        return int(value) if isinstance(value, int) else None
+
+    def require_client(self) -> OllamaClient:
+        """The client; raises ServerError when the session has none (start failed) or the server is down."""
+        if self.server_down is not None:
+            raise ServerError(self.server_down, "restart the server and rerun the suites")
+        if self.client is None:
+            raise ServerError("the session has no server", "see the error at the start of the run")
+        return self.client
+
+    def check_server(self) -> str | None:
+        """After a failure: None while the server answers; else one message naming it, remembered so that the
+        rest of the run can stop at once instead of waiting on timeouts."""
+        if self.server is None:
+            return None
+        if self.server_down is None:
+            why = self.server.why_down()
+            if why is not None:
+                self.server_down = f"{self.server.describe()} stopped answering: {why}"
+        return self.server_down
+
+    # ---------------------------------------------------------------------------------------- recording
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Append one result record to the run (thread-safe; a finished run ignores late records)."""
+        if self.server is not None and "host" not in record:
+            record = {**record, "host": self.server.host}
+        if not self.recorder.finished:
+            self.recorder.append(record)
+
+    def add_model(self, model: ModelUnderTest) -> None:
+        """Remember a model under test (for run.json and for clean-up)."""
+        with self._lock:
+            self.models.append(model)
+            if not self.recorder.finished:
+                self.recorder.update({"models": [entry.to_record() for entry in self.models]})
+
+    def delete_created_models(self) -> list[str]:
+        """Delete every model this session created (unless --keep-models); returns the problems met."""
+        problems: list[str] = []
+        if self.options.keep_models or self.client is None or self.server_down is not None:
+            return problems
+        for model in self.models:
+            if not model.created:
+                continue
+            try:
+                self.client.delete(model.name)
+            except ServerError as error:
+                problems.append(f"could not delete {model.name}: {error.message}")
+        return problems
+
+    def finish(self, *, status: str, reason: str | None = None) -> None:
+        """Clean up (models, engine) and close the run record; safe to call more than once."""
+        problems = self.delete_created_models()
+        try:
+            self._stack.close()
+        except (HarnessError, OSError) as error:
+            problems.append(f"stopping the server failed: {error}")
+        if not self.recorder.finished:
+            if problems:
+                with contextlib.suppress(HarnessError):
+                    self.recorder.update({"cleanup_problems": problems})
+            self.recorder.finish(status, reason)
