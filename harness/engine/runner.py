@@ -65,13 +65,13 @@ _LOAD_DONE = "model loaded"  # llama-server's init line after the model and cont
 _VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
 _TIMEOUT = httpx.Timeout(None, connect=10.0)  # a completion may run long; connecting to loopback may not
 NUM_KEEP = 4  # Ollama's default num_keep, its llama-server's `--keep` (requests send their own `n_keep`)
-# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool). libgomp's
-# default spin (300,000 rounds at each barrier and after each graph) keeps waiting workers busy: on a busy
-# machine they take the CPU from the threads they wait for, the runner's server thread and the engine. Measured
-# on 2 shared cores (Gemma 3 270M, 2 threads, load average 8 to 10, benchmarks/README.md): prompt evaluation
-# 25 tok/s with 100,000 rounds, 169 with none, Ollama's llama-server 17; generation 4.4, 51.8 and 4.2 tok/s.
-# On a quiet machine sleeping at once costs some generation speed (futex wake-ups at each barrier). An explicit
-# GOMP_SPINCOUNT in the environment wins.
+# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool).
+# libgomp's default spin (300,000 rounds at each barrier and after each graph) keeps waiting workers busy:
+# on a busy machine they take the CPU from the threads they wait for, the runner's server thread and the
+# engine. Measured on 2 shared cores (Gemma 3 270M, 2 threads, load average 8 to 10, benchmarks/README.md):
+# prompt evaluation 25 tok/s with 100,000 rounds, 169 with none, Ollama's llama-server 17; generation 4.4,
+# 51.8 and 4.2 tok/s. On a quiet machine sleeping at once costs some generation speed (a futex wake-up at
+# each barrier). An explicit GOMP_SPINCOUNT in the environment wins.
 OPENMP_SPIN_COUNT = "0"
 
 
