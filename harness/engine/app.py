@@ -21,7 +21,13 @@ from harness.engine.create import ModelCreator, model_details
 from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
-from harness.engine.options import OptionError, completion_fields, merge_options
+from harness.engine.options import (
+    OptionError,
+    completion_fields,
+    merge_options,
+    prompt_token_limit,
+    truncated_prompt,
+)
 from harness.engine.prompt import ollama_template, render_chat, render_generate
 from harness.engine.routing import (
     ApiError,
@@ -540,7 +546,9 @@ class Engine:
             try:
                 if context:
                     payload["prompt"] = await model.runner.detokenize(context) + prompt
-                async for event in model.runner.completion(payload):
+                text = payload["prompt"]
+                fitted = await self._fit_prompt(model, text, model_request.load_options.num_ctx, options)
+                async for event in model.runner.completion({**payload, "prompt": fitted}):
                     if context is not None:
                         pieces.append(event.get("content", ""))
                     if first_event:
@@ -576,7 +584,7 @@ class Engine:
                         "eval_duration": int(timings.get("predicted_ms", 0.0) * 1e6),
                     }
                     if context is not None:
-                        final["context"] = await model.runner.tokenize(payload["prompt"] + "".join(pieces))
+                        final["context"] = await model.runner.tokenize(text + "".join(pieces))
                     yield final
             except RunnerDiedError as error:
                 failed = True
@@ -589,6 +597,25 @@ class Engine:
                 await self.scheduler.release(model)
 
         return await _respond(events(), body.get("stream", True) is not False, _combine_generation)
+
+    async def _fit_prompt(
+        self, model: LoadedModel, text: str, num_ctx: int, options: dict[str, Any]
+    ) -> str | list[int]:
+        """The prompt as the runner gets it: the text, or, when it is over Ollama's limit for the context
+        (options.prompt_token_limit), its tokens truncated as Ollama truncates them. Only a text with more
+        bytes than the limit can be over it, so others are not tokenized here."""
+        limit = prompt_token_limit(num_ctx)
+        if len(text.encode()) + 1 <= limit:  # a token is at least one byte; the BOS the only exception
+            return text
+        tokens = await model.runner.tokenize(text, add_special=True)
+        if len(tokens) <= limit:
+            return text
+        bos = len(tokens) - len(await model.runner.tokenize(text))
+        keep = options["num_keep"] + bos
+        log.warning(
+            "truncating input prompt limit=%d prompt=%d keep=%d new=%d", limit, len(tokens), keep, limit
+        )
+        return truncated_prompt(tokens, limit, keep)
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()

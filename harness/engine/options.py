@@ -16,6 +16,21 @@ log = logging.getLogger("harness.engine")
 UNLIMITED_PREDICT_CTX = 10
 
 
+def prompt_token_limit(num_ctx: int) -> int:
+    """The most prompt tokens Ollama 0.33 hands its llama-server for a model loaded with `num_ctx`; a longer
+    prompt is truncated (observed: num_ctx 64, 128, 300, 2000 -> 35, 67, 153, 1003 tokens)."""
+    return num_ctx // 2 + 3
+
+
+def truncated_prompt(tokens: list[int], limit: int, keep: int) -> list[int]:
+    """Ollama 0.33's truncation of a prompt over `limit` tokens: the first `keep` (its num_keep, plus the
+    BOS token), then the last ones, `limit` in all (`truncating input prompt` in its log)."""
+    if len(tokens) <= limit:
+        return tokens
+    keep = min(keep, limit)
+    return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+
+
 class OptionError(ValueError):
     """An option of the wrong type (Ollama answers 500 with this text)."""
 

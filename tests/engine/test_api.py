@@ -364,10 +364,14 @@ def test_load_failure_carries_llama_cpp_cause(
     )
 
 
-def test_prompt_longer_than_the_context_is_refused(client: ollama.Client) -> None:
-    with pytest.raises(ollama.ResponseError) as caught:
-        client.generate(model="oracle", prompt="hello the " * 400, raw=True, options={"num_ctx": 64})
-    assert caught.value.status_code == 400 and "context" in caught.value.error
+def test_a_prompt_longer_than_the_context_is_truncated_as_ollama_does(client: ollama.Client) -> None:
+    """Ollama 0.33 keeps num_ctx / 2 + 3 prompt tokens: the first num_keep (and BOS), then the last ones
+    (observed: 802 tokens, num_ctx 64 -> 35, num_ctx 128 -> 67)."""
+    for num_ctx, kept in ((64, 35), (128, 67)):
+        reply = client.generate(
+            model="oracle", prompt="hello the " * 400, raw=True, options={**GREEDY, "num_ctx": num_ctx}
+        )
+        assert (reply.done, reply.prompt_eval_count) == (True, kept)
 
 
 def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
