@@ -170,12 +170,13 @@ def bench_model(
                     run_one(clients[key], prompt(round_index, repeats), n_predict, threads)
                 )
     e, o = engine_series, ollama_series
+    generated = min(e.median("tokens"), o.median("tokens")) >= 2  # one token has no generation time
     return [
         name,
         f"{e.median('prompt_tokens'):.0f}/{o.median('prompt_tokens'):.0f}",
         f"{e.median('tokens'):.0f}/{o.median('tokens'):.0f}",
-        f"{e.median('eval_tps'):.1f} / {o.median('eval_tps'):.1f}",
-        f"{e.median('eval_tps') / o.median('eval_tps'):.3f}",
+        f"{e.median('eval_tps'):.1f} / {o.median('eval_tps'):.1f}" if generated else "n/a",
+        f"{e.median('eval_tps') / o.median('eval_tps'):.3f}" if generated else "n/a",
         f"{e.median('prompt_tps'):.0f} / {o.median('prompt_tps'):.0f}",
         f"{e.median('prompt_tps') / o.median('prompt_tps'):.3f}",
         f"{e.median('ttft_s') * 1e3:.1f} / {o.median('ttft_s') * 1e3:.1f}",
