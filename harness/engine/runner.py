@@ -23,7 +23,7 @@ and the context shifted when a generation fills it (the older half after `n_keep
 stopping there.
 
 Memory: `/api/ps` `size` is what Ollama 0.33 reports: the sum of the buffer sizes llama.cpp logs while
-loading (`CPU_Mapped model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
+loading (`CPU model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
 parsed from the runner's log like Ollama's `memoryParsingWriter`, or the model file's size when no such
 line was logged. The runner runs at llama.cpp verbosity 4 for those lines (load errors are still logged;
 the price is a few info lines per request in the log, deleted when the runner stops). The runner's resident
