@@ -278,17 +278,7 @@ CASES = [
 ]  # fmt: skip
 
 # Differences from real Ollama 0.33.0-rc2 that remain, by case: (path pattern, reason).
-GRAMMAR = (
-    "the engine turns the JSON schema into a grammar itself, Ollama hands it to llama.cpp (json_schema): the "
-    "allowed whitespace differs, so the model writes a different number of tokens for the same call"
-)
 ALLOWED: dict[str, list[tuple[str, str]]] = {
-    "chat-tool-call": [("body.eval_count", GRAMMAR)],
-    "chat-tool-call-stream": [("body[1].eval_count", GRAMMAR)],
-    "chat-json-without-tag-is-content": [("body.message.content", GRAMMAR), ("body.eval_count", GRAMMAR)],
-    "openai-tool-call": [("body.usage.*", GRAMMAR)],
-    "openai-tool-choice-is-ignored": [("body.usage.*", GRAMMAR)],
-    "responses-tool-call": [("body.usage.*", GRAMMAR)],
     "show-template-of-a-bare-gguf": [
         (
             "body.template",
