@@ -27,6 +27,7 @@ from harness.gguf.build import BuiltModel
 from harness.testing.helpers import RealOllama
 
 from .conftest import create_from_gguf, make_engine
+from .test_structured import UNRECOGNIZED_FOO
 from .test_thinking import THINKING_TEMPLATE
 from .test_tool_calling import CALL_SCHEMA, PLAIN_TOOLS_TEMPLATE, TEMPLATES, WEATHER_TOOL
 
@@ -77,6 +78,23 @@ JSON_VALUES_TEMPLATE = (
     "{{ range .ToolCalls }}{{ json .Function }}/{{ json .Function.Arguments }}{{ end }}\n{{ end }}"
     "{{ range .Tools }}{{ json .Function }}{{ end }}{{ .Tools }}"
 )
+# What pydantic writes for a nested model with bounds, a pattern and a format ($defs/$ref, minimum, ...).
+NESTED_SCHEMA = {
+    "$defs": {
+        "Address": {
+            "properties": {"zip": {"pattern": "^[0-9]{5}$", "type": "string"}},
+            "required": ["zip"],
+            "type": "object",
+        }
+    },
+    "properties": {
+        "age": {"maximum": 130, "minimum": 0, "type": "integer"},
+        "born": {"format": "date", "type": "string"},
+        "address": {"$ref": "#/$defs/Address"},
+    },
+    "required": ["age", "born", "address"],
+    "type": "object",
+}
 GET_TOOL = {"type": "function", "function": {"name": "get_time", "description": "The time & date"}}
 RESPONSES_TOOL = {
     "type": "function",
@@ -132,6 +150,17 @@ CASES = [
          text=ORACLE_REPLY, expect={"body.message.role": "assistant"}),
     Case("chat-stream", "/api/chat", {"model": "oracle", "messages": HELLO, "options": GREEDY},
          text=ORACLE_REPLY),
+    Case("generate-format-nested-schema", "/api/generate",
+         {"model": "oracle", "prompt": "hello the", "stream": False, "options": LONG,
+          "format": NESTED_SCHEMA},
+         expect={"body.done_reason": "stop"}),
+    Case("generate-format-unconvertible", "/api/generate",
+         {"model": "oracle", "prompt": "hello the", "stream": False, "format": {"type": "foo"}}, status=400,
+         expect={"body.error": UNRECOGNIZED_FOO}),
+    Case("generate-prompt-over-the-limit-is-truncated", "/api/generate",
+         {"model": "oracle", "prompt": "hello the " * 400, "raw": True, "stream": False,
+          "options": {**GREEDY, "num_ctx": 64}},
+         expect={"body.prompt_eval_count": 35}),
     Case("chat-missing-model", "/api/chat", {"model": "missing", "messages": HELLO}, status=404,
          expect={"body.error": "model 'missing' not found"}),
     Case("show-missing-model", "/api/show", {"model": "missing"}, status=404,
