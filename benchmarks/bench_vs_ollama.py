@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import ollama
 from _gemma import gemma_gguf
 from tabulate import tabulate
 
 from harness.engine import EmbeddedEngine
-from harness.engine.process import free_port
-from harness.subprocess_server import SubprocessServer
+from harness.testing.helpers import RealOllama
 
 # Prompt length in FILLER sentences: about 45 tokens each for Gemma, 160 for the oracle (context 512).
 PROMPT_REPEATS = {"gemma": 5, "oracle": 2}
@@ -44,38 +41,6 @@ FILLER = (
     "The harbour town woke slowly: gulls argued over the nets, a baker pushed open his shutters, and the "
     "ferry's horn rolled across the water while the fishermen counted the night's catch on the quay. "
 )
-
-
-class RealOllama(SubprocessServer):
-    """A real `ollama serve` with its own home and models folder, on a free loopback port."""
-
-    name = "real Ollama server"
-
-    def __init__(self, binary: Path, home: Path) -> None:
-        super().__init__(start_timeout_s=60.0)
-        self.binary = binary
-        self.home = home
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "OLLAMA_HOST": self.host,
-            "OLLAMA_MODELS": str(self.home / "models"),
-            "OLLAMA_NO_CLOUD": "1",
-            "OLLAMA_NUM_PARALLEL": "1",
-        }
-        log = (self.home / "serve.log").open("ab")
-        return subprocess.Popen(
-            [str(self.binary), "serve"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-        )
-
-    def _is_ready(self, response: httpx.Response) -> bool:
-        return "Ollama is running" in response.text
-
-    def _hint(self) -> str:
-        return f"see its log: {self.home / 'serve.log'}"
 
 
 @dataclass
@@ -153,7 +118,7 @@ def bench_model(
     with (
         tempfile.TemporaryDirectory(prefix="bench-vs-ollama-") as workdir,
         EmbeddedEngine(Path(workdir) / "engine", env={"OLLAMA_NUM_PARALLEL": "1"}) as engine,
-        RealOllama(binary, Path(workdir)) as real,
+        RealOllama(binary, Path(workdir) / "ollama") as real,
     ):
         clients = {
             "engine": ollama.Client(host=engine.url, timeout=600),

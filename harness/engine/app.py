@@ -590,9 +590,12 @@ class Engine:
         except FormatError as error:
             raise ApiError(error.status, str(error)) from None
         model_request = self._model_request(manifest, options, self._keep_alive(body))
+        # Ollama bounds the prompt and the tokens of an unlimited generation by the num_ctx asked for, not by
+        # the context the model is loaded with (clamped to its trained length): observed on 0.33.
+        requested_ctx = options["num_ctx"] or self.config.context_length
         payload = {
             "prompt": prompt,
-            **completion_fields(options, model_request.load_options.num_ctx),
+            **completion_fields(options, requested_ctx),
             **output_format,
         }
         top_logprobs = int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1
@@ -611,7 +614,7 @@ class Engine:
                 if context:
                     payload["prompt"] = await model.runner.detokenize(context) + prompt
                 text = payload["prompt"]
-                fitted = await self._fit_prompt(model, text, model_request.load_options.num_ctx, options)
+                fitted = await self._fit_prompt(model, text, requested_ctx, options)
                 async for event in model.runner.completion({**payload, "prompt": fitted}):
                     if context is not None:
                         pieces.append(event.get("content", ""))

@@ -161,6 +161,9 @@ CASES = [
          {"model": "oracle", "prompt": "hello the " * 400, "raw": True, "stream": False,
           "options": {**GREEDY, "num_ctx": 64}},
          expect={"body.prompt_eval_count": 35}),
+    Case("generate-prompt-limit-follows-the-asked-num-ctx", "/api/generate",
+         {"model": "oracle", "prompt": "hello the " * 150, "raw": True, "stream": False, "options": GREEDY},
+         expect={"body.prompt_eval_count": 302}),  # over half the trained 512, under half the default 4096
     Case("chat-missing-model", "/api/chat", {"model": "missing", "messages": HELLO}, status=404,
          expect={"body.error": "model 'missing' not found"}),
     Case("show-missing-model", "/api/show", {"model": "missing"}, status=404,
