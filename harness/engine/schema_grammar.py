@@ -81,6 +81,14 @@ class SchemaConversionError(ValueError):
     """llama.cpp's `JSON schema conversion failed:` error, with its lines."""
 
 
+class _InvalidPattern(ValueError):
+    """A malformed `pattern`: the schema is refused."""
+
+
+class _UnsupportedPattern(ValueError):
+    """A `pattern` with syntax the converter does not take: the string is left unconstrained."""
+
+
 def dump(value: Any) -> str:
     """nlohmann::json's dump(): compact, UTF-8 kept as is."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -556,7 +564,19 @@ class SchemaConverter:
         return "".join(out)
 
     def _visit_pattern(self, pattern: str, name: str) -> str:
-        """A JSON string matching a regular expression (llama.cpp's _visit_pattern)."""
+        """A JSON string matching a regular expression (llama.cpp's _visit_pattern), with what real Ollama
+        0.33 (a newer llama.cpp) does with a pattern it cannot use, as observed: a malformed one is an error
+        (`Invalid pattern P: unbalanced parentheses`, `unterminated character class`, `nothing to repeat`);
+        one it does not support (a lookaround, a malformed `{...}` quantifier) constrains to any string."""
+        try:
+            return self._pattern_rule(pattern, name)
+        except _UnsupportedPattern:
+            return self.add_rule(name, self.add_primitive("string", PRIMITIVE_RULES["string"]))
+        except _InvalidPattern as problem:
+            self.errors.append(f"Invalid pattern {pattern}: {problem}")
+            return ""
+
+    def _pattern_rule(self, pattern: str, name: str) -> str:
         pattern = pattern[1:] if pattern.startswith("^") else ".*" + pattern
         pattern = pattern[:-1] if pattern.endswith("$") else pattern + ".*"
         sub_rule_ids: dict[str, str] = {}
@@ -600,24 +620,13 @@ class SchemaConverter:
                     if position < length and pattern[position] == "?":
                         if position + 1 < length and pattern[position + 1] == ":":
                             position += 2
-                        else:  # a lookaround: not supported, skipped (llama.cpp warns)
-                            depth = 1
-                            while position < length and depth > 0:
-                                if pattern[position] == "\\" and position + 1 < length:
-                                    position += 2
-                                    continue
-                                depth += {"(": 1, ")": -1}.get(pattern[position], 0)
-                                position += 1
-                            continue
+                        else:  # a lookaround
+                            raise _UnsupportedPattern
                     seq.append((f"({to_rule(transform())})", False))
                 elif char == ")":
+                    if start == 0:
+                        raise _InvalidPattern("unbalanced parentheses")
                     position += 1
-                    if (
-                        start > 0
-                        and pattern[start - 1] != "("
-                        and (start < 2 or pattern[start - 2] != "?" or pattern[start - 1] != ":")
-                    ):
-                        self.errors.append("Unbalanced parentheses")
                     return join_seq()
                 elif char == "[":
                     brackets = char
@@ -627,7 +636,7 @@ class SchemaConverter:
                         brackets += pattern[position : position + step]
                         position += step
                     if position >= length:
-                        self.errors.append("Unbalanced square brackets")
+                        raise _InvalidPattern("unterminated character class")
                     brackets += "]"
                     position += 1
                     seq.append((brackets, False))
@@ -635,8 +644,9 @@ class SchemaConverter:
                     seq.append(("|", False))
                     position += 1
                 elif char in "*+?":
-                    if seq:
-                        seq[-1] = (to_rule(seq[-1]) + char, False)
+                    if not seq or seq[-1] == ("|", False):
+                        raise _InvalidPattern("nothing to repeat")
+                    seq[-1] = (to_rule(seq[-1]) + char, False)
                     position += 1
                 elif char == "{":
                     braces = char
@@ -645,24 +655,21 @@ class SchemaConverter:
                         braces += pattern[position]
                         position += 1
                     if position >= length:
-                        self.errors.append("Unbalanced curly brackets")
-                    braces += "}"
+                        raise _UnsupportedPattern
                     position += 1
-                    numbers = [number.strip() for number in braces[1:-1].split(",")]
-                    low, high = 0, INT_MAX
+                    numbers = [number.strip() for number in braces[1:].split(",")]
                     try:
                         if len(numbers) == 1:
                             low = high = int(numbers[0])
-                        elif len(numbers) != 2:
-                            self.errors.append("Wrong number of values in curly brackets")
-                        else:
+                        elif len(numbers) == 2:
                             low = int(numbers[0]) if numbers[0] else 0
                             high = int(numbers[1]) if numbers[1] else INT_MAX
+                        else:
+                            raise _UnsupportedPattern
                     except ValueError:
-                        self.errors.append("Invalid number in curly brackets")
-                        return "", False
+                        raise _UnsupportedPattern from None
                     if not seq:
-                        continue
+                        raise _InvalidPattern("nothing to repeat")
                     sub, sub_is_literal = seq[-1]
                     if not sub_is_literal:
                         if sub not in sub_rule_ids:
@@ -695,6 +702,8 @@ class SchemaConverter:
                             break
                     if literal:
                         seq.append((literal, True))
+            if start > 0:  # the end of the pattern inside a group
+                raise _InvalidPattern("unbalanced parentheses")
             return join_seq()
 
         return self.add_rule(name, '"\\"" (' + to_rule(transform()) + ') "\\""')

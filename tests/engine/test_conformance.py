@@ -78,6 +78,9 @@ JSON_VALUES_TEMPLATE = (
     "{{ range .ToolCalls }}{{ json .Function }}/{{ json .Function.Arguments }}{{ end }}\n{{ end }}"
     "{{ range .Tools }}{{ json .Function }}{{ end }}{{ .Tools }}"
 )
+# Patterns: used, unanchored, unsupported (any string), malformed (400 with llama.cpp's reason).
+PATTERNS = [("^[xy]{3}$", 200), ("b+", 200), ("^a{x}$", 200), ("^a(?=b)$", 200), ("^(a$", 400),
+            ("^[ab$", 400), ("^*a$", 400)]  # fmt: skip
 # What pydantic writes for a nested model with bounds, a pattern and a format ($defs/$ref, minimum, ...).
 NESTED_SCHEMA = {
     "$defs": {
@@ -157,6 +160,11 @@ CASES = [
     Case("generate-format-unconvertible", "/api/generate",
          {"model": "oracle", "prompt": "hello the", "stream": False, "format": {"type": "foo"}}, status=400,
          expect={"body.error": UNRECOGNIZED_FOO}),
+    *(Case(f"generate-format-pattern-{i}", "/api/generate",
+           {"model": "oracle", "prompt": "hello the", "stream": False,
+            "options": {**GREEDY, "num_predict": 30}, "format": {"type": "string", "pattern": pattern}},
+           status=status)
+      for i, (pattern, status) in enumerate(PATTERNS)),
     Case("generate-prompt-over-the-limit-is-truncated", "/api/generate",
          {"model": "oracle", "prompt": "hello the " * 400, "raw": True, "stream": False,
           "options": {**GREEDY, "num_ctx": 64}},
