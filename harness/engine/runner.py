@@ -65,14 +65,15 @@ _LOAD_DONE = "model loaded"  # llama-server's init line after the model and cont
 _VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
 _TIMEOUT = httpx.Timeout(None, connect=10.0)  # a completion may run long; connecting to loopback may not
 NUM_KEEP = 4  # Ollama's default num_keep, its llama-server's `--keep` (requests send their own `n_keep`)
-# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool).
-# libgomp's default spin (300,000 rounds at each barrier and after each graph) keeps waiting workers busy:
-# on a busy machine they take the CPU from the threads they wait for, the runner's server thread and the
-# engine. Measured on 2 shared cores (Gemma 3 270M, 2 threads, load average 8 to 10, benchmarks/README.md):
-# prompt evaluation 25 tok/s with 100,000 rounds, 169 with none, Ollama's llama-server 17; generation 4.4,
-# 51.8 and 4.2 tok/s. On a quiet machine sleeping at once costs some generation speed (a futex wake-up at
-# each barrier). An explicit GOMP_SPINCOUNT in the environment wins.
-OPENMP_SPIN_COUNT = "0"
+# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool, which
+# spins too). libgomp's default spin (300,000 rounds at each barrier and after each graph) keeps waiting
+# workers busy. Measured on 2 cores (Gemma 3 270M, 2 threads, benchmarks/README.md): at load ~3, 100,000
+# rounds give Ollama's speed (prompt 558 vs 545 tok/s, generation 83.4 vs 84.9), the default 269 and 65.7,
+# none 52 tok/s generation; on a machine loaded by other work (load 8 to 10) spinning starves the threads it
+# waits for (100,000 rounds: 25 and 4.4 tok/s, Ollama 17 and 4.2; none: 169 and 51.8). The default is
+# Ollama's speed on a machine the model has to itself; an explicit GOMP_SPINCOUNT in the environment wins
+# (the project's own test run sets 0: its tests share two cores).
+OPENMP_SPIN_COUNT = "100000"
 
 
 def set_parent_death_signal() -> None:
