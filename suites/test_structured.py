@@ -48,12 +48,15 @@ def structured_outcome(
 def test_every_structured_answer_fits_its_schema(structured_outcome: Any) -> None:
     suite = load_suite("structured")
     valid = get_grader("schema-valid").grade
+    refusals = iter(error for _, error in structured_outcome.errors)  # one per answer that is None
     problems = []
     for (item_id, _), response in zip(structured_outcome.results, structured_outcome.responses, strict=True):
-        verdict = None if response is None else valid(suite.item(item_id), response)
-        if verdict is None or not verdict.passed:
-            reason = "the request failed" if verdict is None else verdict.reason
-            problems.append(f"{item_id}: {reason} (answer {str(response)[:80]!r})")
+        if response is None:
+            problems.append(f"{item_id}: the request failed: {next(refusals)}")
+            continue
+        verdict = valid(suite.item(item_id), response)
+        if not verdict.passed:
+            problems.append(f"{item_id}: {verdict.reason} (answer {response[:80]!r})")
     assert not problems, f"{len(problems)} answer(s) do not fit their schema:\n" + "\n".join(problems)
 
 
