@@ -108,10 +108,10 @@ def schema_problem(schema: Mapping[str, Any], response: str) -> str | None:
         document = json.loads(response)
     except ValueError as error:
         return f"not JSON: {error}"
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(document))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "the document"
-        return f"invalid at {where}: {error.message}"
+    worst = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(document))
+    if worst is not None:
+        where = "/".join(str(part) for part in worst.absolute_path) or "the document"
+        return f"invalid at {where}: {worst.message}"
     return None
 
 

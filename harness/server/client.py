@@ -454,11 +454,12 @@ class OllamaClient:
             "keep_alive": keep_alive,
             "format": format,
             "think": think,
+            "stream": stream,
         }
         return self._stream_completion(
             f"generate (model {model!r})",
             model,
-            lambda client: _chunks(client.generate(**arguments, stream=stream)),
+            lambda client: _chunks(client.generate(**arguments)),
             timeout,
             stall_timeout,
         )
@@ -487,11 +488,12 @@ class OllamaClient:
             "format": format,
             "think": think,
             "tools": list(tools) if tools is not None else None,
+            "stream": stream,
         }
         return self._stream_completion(
             f"chat (model {model!r})",
             model,
-            lambda client: _chunks(client.chat(**arguments, stream=stream)),
+            lambda client: _chunks(client.chat(**arguments)),
             timeout,
             stall_timeout,
         )
