@@ -249,7 +249,8 @@ def run_quality_suite(
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml
     (--harness-max-items, --harness-repeats, --harness-num-predict, at least the file's num_predict), grade,
     record, and return the `harness.quality.run.SuiteOutcome`. An item's schema goes as `format`, its tools
-    as `tools` (the response is then the reply's content and tool calls, `harness.quality.json_graders.tool_reply`)."""
+    as `tools` (the response is then the reply's content and tool calls,
+    `harness.quality.json_graders.tool_reply`)."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.quality.json_graders import tool_reply
     from harness.quality.run import run_quality_suite as run_suite

@@ -180,8 +180,8 @@ class ModelFactory:
         weights: str | None = None,
     ) -> ModelUnderTest:
         """The fixture model of `profile` (built, created and remembered on first use); `tensor_type`
-        builds it in another type than the profile's (the --harness-matrix), `weights` with another weight recipe
-        (an oracle's vocabulary and template with `random` weights: a negative control)."""
+        builds it in another type than the profile's (the --harness-matrix), `weights` with another weight
+        recipe (an oracle's vocabulary and template with `random` weights: a negative control)."""
         key = f"profile:{profile}:{modelfile}:{tensor_type}:{weights}"
         if key not in self._by_key:
             # lazy: pytest loads this plugin in every run; a session's modules load when it starts
