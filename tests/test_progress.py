@@ -71,7 +71,7 @@ def test_a_quality_suite_reports_each_graded_prompt_and_the_sum() -> None:
     answers = {suite.format_prompt(item): f"Answer: {item.answer}" for item in items[:2]}
     progress = Recorded()
     run_quality_suite(
-        suite, items, model="m", ask=lambda prompt, repeat: answers.get(prompt, "no idea"),
+        suite, items, model="m", ask=lambda item, prompt, repeat: answers.get(prompt, "no idea"),
         record=lambda record: None, threshold=0.5, progress=progress,
     )  # fmt: skip
     steps = [text for kind, text in progress.events if kind == "step"]
