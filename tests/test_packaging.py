@@ -3,6 +3,7 @@ fresh virtual environment, outside the checkout, builds fixtures, lists template
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import venv
@@ -102,5 +103,7 @@ def test_the_wheel_works_in_a_fresh_venv_outside_the_checkout(wheel: Path, tmp_p
     output = suites.stdout + suites.stderr
     assert suites.returncode == 0, output[-4000:]
     assert "--harness-embedded-engine: this session started the embedded engine" in output  # the header
-    assert "2 xfailed" in output  # math and quantum: the fixture model is graded about zero, as it must be
+    # the quality suites are expected failures on the fixture model (graded about zero): xfailed
+    xfailed = re.search(r"(\d+) xfailed", output)
+    assert xfailed and int(xfailed.group(1)) >= 2, output[-2000:]
     assert (work / "reports" / "latest").exists()
