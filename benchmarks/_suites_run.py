@@ -6,7 +6,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness.testing import run_pytest
+from harness.testing.helpers import run_pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 1800

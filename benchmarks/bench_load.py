@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import pytest
 from tabulate import tabulate
 
-from harness.canned_server import CannedBehaviour, CannedServer
-from harness.load import LoadResult, Transport, run_closed_loop
+from harness.load.generator import LoadResult, Transport, run_closed_loop
+from harness.testing.canned_server import CannedBehaviour, CannedServer
 
 TARGET_CHUNKS_PER_S = 5000
 

@@ -1,6 +1,6 @@
 """Requests/s and chunks/s: one in-process generator (harness.load) against Locust with 1, 2 and 4 workers.
 
-All runs stream from the same canned NDJSON server (harness.canned_server, its own process, no delay
+All runs stream from the same canned NDJSON server (harness.testing.canned_server, its own process, no delay
 between chunks: the server writes as fast as it can), with the same number of concurrent streams and the
 same request count. Printed per runner: ok requests, requests/s and chunks/s over the run's wall time, the
 client's CPU seconds (harness.load: the event loop's thread; Locust: the workers' processes together) and
@@ -26,9 +26,9 @@ import psutil
 import pytest
 from tabulate import tabulate
 
-from harness.canned_server import CannedBehaviour, CannedServer
-from harness.load import LoadResult, run_closed_loop
-from harness.load_commands import run_locust
+from harness.load.commands import run_locust
+from harness.load.generator import LoadResult, run_closed_loop
+from harness.testing.canned_server import CannedBehaviour, CannedServer
 
 
 @dataclass
@@ -76,7 +76,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
                 prompt="x", options=options, transport=transport,
             )  # fmt: skip
             result, cpu = _with_machine_cpu(closed)
-            rows.append(_row(f"harness.load ({transport})", result, cpu))
+            rows.append(_row(f"harness.load.generator ({transport})", result, cpu))
         for workers in args.workers:
             started = time.perf_counter()
             locust = functools.partial(

@@ -33,7 +33,7 @@ from tabulate import tabulate
 
 from harness.runs import load_run
 from harness.server_time import server_seconds
-from harness.testing import run_pytest
+from harness.testing.helpers import run_pytest
 
 TARGET_FRACTION = 0.05
 

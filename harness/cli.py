@@ -19,10 +19,10 @@ from harness.errors import HarnessError
 # Modules that contribute sub-commands, in the order they appear in `harness --help`.
 COMMAND_MODULES = (
     "harness.gguf.commands",
-    "harness.modelfile_commands",
-    "harness.report_commands",
+    "harness.modelfile.commands",
+    "harness.report.commands",
     "harness.engine.commands",
-    "harness.load_commands",
+    "harness.load.commands",
 )
 
 

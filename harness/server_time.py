@@ -57,7 +57,7 @@ class ServerTimeLog:
         self._by_model: dict[str, _ModelTimes] = {}
 
     def add(self, completion: Any) -> None:
-        """Add one `harness.client.Completion` (called when it ends; its end is now). One that never got
+        """Add one `harness.server's Completion` (called when it ends; its end is now). One that never got
         its final chunk (no server durations) counts with its end-to-end time."""
         end = time.monotonic()
         total = completion.total_duration_s or (0.0 if completion.done else completion.e2e_s or 0.0)

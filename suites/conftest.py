@@ -1,13 +1,13 @@
 """The suites run under the ollama-harness pytest plugin; this activates it for `pytest suites/`.
 
-Everything else (options, the server, the run record, fixtures) lives in `harness.pytest_plugin`.
+Everything else (options, the server, the run record, fixtures) lives in `harness.plugin.entry`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from harness.pytest_plugin import activate
+from harness.plugin.entry import activate
 
 # Hypothesis's pytest plugin (installed for the harness's own tests) imports hypothesis in every run's
 # terminal summary: about a second of the suites' wall time, for suites that do not use it.

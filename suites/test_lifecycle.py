@@ -30,7 +30,7 @@ from harness.gguf.build import default_cache_dir
 from harness.gguf.check import check_gguf
 from harness.gguf.spec import load_profile
 from harness.http_tls import verify_for
-from harness.models_under_test import gguf_facts, unique_model_name
+from harness.plugin.models import gguf_facts, unique_model_name
 
 pytestmark = pytest.mark.timeout(120)
 

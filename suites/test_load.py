@@ -1,4 +1,4 @@
-"""Load suite: closed-loop and open-loop (Poisson) traffic through `harness.load`, and overload.
+"""Load suite: closed-loop and open-loop (Poisson) traffic through `harness.load.generator`, and overload.
 
 Every request must be accounted for (exactly one outcome each: ok, busy, timeout, error), and a server past
 its queue must answer 503 ("server busy") at once rather than hang. Each run is recorded as a "load" record
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.load import LoadResult, concurrency_levels, run_closed_loop, run_open_loop
+from harness.load.generator import LoadResult, concurrency_levels, run_closed_loop, run_open_loop
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -15,8 +15,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from harness.client import Completion, OllamaClient, OllamaRequestError, parse_version
 from harness.errors import GGUFReadError, ServerError
+from harness.server.client import Completion, OllamaClient, OllamaRequestError, parse_version
 
 pytestmark = pytest.mark.timeout(30)
 

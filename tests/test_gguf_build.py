@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
-from harness import llamacpp
 from harness.cli import main as cli_main
 from harness.errors import BuildError, DiskFullError, SpecError
+from harness.gguf import llamacpp
 from harness.gguf.build import build_cached, build_gguf, write_gguf
 from harness.gguf.plan import TensorPlan, plan_gguf, spec_vocab
 from harness.gguf.spec import OracleSpec, list_profiles, load_profile

@@ -24,11 +24,11 @@ from harness.gguf.build import write_gguf
 from harness.gguf.check import check_gguf
 from harness.gguf.fix import FixOptions, fix_gguf, plan_fix, write_fix
 from harness.gguf.fix_values import kv_from_entry
+from harness.gguf.llamacpp import generate, trial_load
 from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import load_profile
-from harness.llamacpp import generate, trial_load
-from harness.testing import edited, story_breakage
+from harness.testing.helpers import edited, story_breakage
 
 ORACLE_PROMPT = "hello the"
 ORACLE_REPLY = " is two one."

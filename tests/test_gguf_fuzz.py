@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from harness.gguf.broken import HOSTILE_U32, HOSTILE_U64, Mutation, apply_mutations
 from harness.gguf.check import CODES, CheckReport, check_gguf
 from harness.gguf.spec import ModelSpec
-from harness.testing import mutation_seeds
+from harness.testing.helpers import mutation_seeds
 
 SEED_SPEC = ModelSpec(name="fuzz", n_embd=32, n_layer=1, n_head=2, n_head_kv=1, n_ff=32, context_length=64)
 TIME_LIMIT_S = 3.0  # a hang guard with room for a busy machine (checks of these files take milliseconds)

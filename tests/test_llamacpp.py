@@ -1,4 +1,4 @@
-"""harness.llamacpp: real llama.cpp (xllamacpp) in a child process, on real good and broken GGUF files."""
+"""llamacpp: real llama.cpp (xllamacpp) in a child process, on real good and broken GGUF files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import psutil
 import pytest
 from gguf import GGUFValueType
 
-from harness import llamacpp
 from harness.errors import BuildError
+from harness.gguf import llamacpp
 from harness.gguf.build import write_gguf
 from harness.gguf.plan import KV, GGUFPlan, plan_gguf
 from harness.gguf.spec import load_profile
@@ -102,7 +102,7 @@ def test_timeout_kills_the_child(good_model: Path) -> None:
     leftovers = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if "harness.llamacpp" in " ".join(p.info["cmdline"] or [])
+        if "harness.gguf.llamacpp" in " ".join(p.info["cmdline"] or [])
         and str(good_model) in " ".join(p.info["cmdline"] or [])
     ]
     assert leftovers == []

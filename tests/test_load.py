@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.canned_server import BUSY_MESSAGE, CannedBehaviour, CannedServer
 from harness.errors import HarnessError
-from harness.load import (
+from harness.load.generator import (
     OUTCOMES,
     LoadResult,
     RequestSample,
@@ -23,6 +22,7 @@ from harness.load import (
     run_closed_loop,
     run_open_loop,
 )
+from harness.testing.canned_server import BUSY_MESSAGE, CannedBehaviour, CannedServer
 
 TRANSPORTS: list[Transport] = ["ollama", "httpx"]
 LATE_S = 1.5  # how late past its limit a timeout may fire on a busy 2-core machine

@@ -15,17 +15,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.canned_server import CannedBehaviour, CannedServer
 from harness.cli import main as harness_main
-from harness.client import OllamaClient
 from harness.config import HarnessConfig
 from harness.engine import EmbeddedEngine
 from harness.errors import HarnessError
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
-from harness.load_commands import record_locust_run, run_locust
-from harness.report import build_report, collect_metrics
+from harness.load.commands import record_locust_run, run_locust
+from harness.report.metrics import build_report, collect_metrics
 from harness.runs import load_run
+from harness.server.client import OllamaClient
+from harness.testing.canned_server import CannedBehaviour, CannedServer
 
 if importlib.util.find_spec("locust") is None:  # not imported here: locust would gevent-patch pytest
     pytest.skip("needs the scale extra (pip install 'ollama-harness[scale]')", allow_module_level=True)

@@ -1,4 +1,4 @@
-"""harness.matrix and harness.server_time: planning a --matrix, the oracle in every type, model reuse and
+"""plugin.matrix and server_time: planning a --matrix, the oracle in every type, model reuse and
 the quantize refusal on the embedded engine, and the report's matrix table from a real run record."""
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from harness.client import Completion, OllamaClient
 from harness.engine import EmbeddedEngine
 from harness.errors import HarnessError
 from harness.gguf.build import build_cached
+from harness.gguf.llamacpp import generate
 from harness.gguf.spec import TENSOR_TYPES, load_profile
-from harness.llamacpp import generate
-from harness.matrix import (
+from harness.plugin.matrix import (
     NOT_SUPPORTED,
     QuantizeNotSupported,
     matrix_meta,
@@ -29,10 +28,11 @@ from harness.matrix import (
     request_stats,
     summarise_matrix,
 )
-from harness.models_under_test import ModelFactory
+from harness.plugin.models import ModelFactory
+from harness.plugin.options import SuiteOptions
 from harness.runs import RunRecorder, load_run
+from harness.server.client import Completion, OllamaClient
 from harness.server_time import ServerTimeLog, server_seconds, union_length
-from harness.suite_options import SuiteOptions
 
 # ------------------------------------------------------------------------------------------ planning
 

@@ -17,7 +17,6 @@ import ollama
 import psutil
 import pytest
 
-from harness.canned_server import CannedBehaviour, CannedServer
 from harness.engine import EmbeddedEngine
 from harness.errors import GGUFReadError, HarnessError
 from harness.gguf.build import build_cached, build_gguf
@@ -34,6 +33,7 @@ from harness.memory import (
     runner_processes,
     unload_and_check,
 )
+from harness.testing.canned_server import CannedBehaviour, CannedServer
 
 MIB = 1 << 20
 pytestmark = pytest.mark.timeout(120)

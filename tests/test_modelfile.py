@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from harness.engine.gotemplate import parse_template
 from harness.engine.prompt import render_chat, render_generate
 from harness.errors import ModelfileError
-from harness.modelfile import (
+from harness.modelfile.commands import register
+from harness.modelfile.parse import (
     Command,
     Modelfile,
     list_modelfile_templates,
@@ -20,7 +21,6 @@ from harness.modelfile import (
     quote,
     render_modelfile,
 )
-from harness.modelfile_commands import register
 
 SHIPPED = ["chatml", "fixture", "gemma", "llama3"]
 USER_HI = [{"role": "user", "content": "hi"}]

@@ -1,4 +1,4 @@
-"""harness.models_under_test: names, what a GGUF should show, and the --gguf gate."""
+"""harness.plugin.models: names, what a GGUF should show, and the --gguf gate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from harness.errors import HarnessError
 from harness.gguf.broken import write_broken
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
-from harness.models_under_test import check_user_gguf, file_sha256, gguf_facts, unique_model_name
+from harness.plugin.models import check_user_gguf, file_sha256, gguf_facts, unique_model_name
 
 
 def test_unique_model_name_is_recognisable_and_valid() -> None:

@@ -14,13 +14,13 @@ import pytest
 from harness.config import HarnessConfig
 from harness.engine import EmbeddedEngine
 from harness.errors import HarnessError
-from harness.hosts import parse_hosts
-from harness.load import LoadResult, RequestSample
-from harness.report import build_report
-from harness.report_hosts import compare_hosts
-from harness.report_render import render_report
+from harness.load.generator import LoadResult, RequestSample
+from harness.plugin.hosts import parse_hosts
+from harness.report.hosts import compare_hosts
+from harness.report.metrics import build_report
+from harness.report.render import render_report
 from harness.runs import RunRecord, RunRecorder, load_run
-from harness.testing import run_pytest
+from harness.testing.helpers import run_pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "suites"

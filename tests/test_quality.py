@@ -1,4 +1,4 @@
-"""harness.quality: ask, grade, record and sum up a suite, with canned answers (no server)."""
+"""harness.quality.run: ask, grade, record and sum up a suite, with canned answers (no server)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from harness.errors import ServerError
-from harness.quality import run_quality_suite
-from harness.scoring import reference_response
-from harness.suite_data import load_suite
+from harness.quality.run import run_quality_suite
+from harness.quality.scoring import reference_response
+from harness.quality.suite_data import load_suite
 
 
 @pytest.fixture(scope="module")

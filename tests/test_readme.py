@@ -2,7 +2,7 @@
 
 Commands are the lines of indented code blocks and of ```sh / ```bash fences, the `$ ` lines of other fences
 (a transcript: the lines under a `$ ` line are its shown output), and code spans in prose that start with a
-command word. Each is exercised by its kind, in a copy of the checkout (harness.testing.make_workspace):
+command word. Each is exercised by its kind, in a copy of the checkout (harness.testing's make_workspace):
 
 - `harness ...`: run for real on files made here (`my-model.gguf` a valid fixture, `so8t.gguf` the tiny
   fixture with its architecture renamed, `broken.gguf` and `donor.gguf` the failure story of
@@ -36,7 +36,7 @@ from harness.gguf.broken import write_broken
 from harness.gguf.build import write_gguf
 from harness.gguf.plan import plan_gguf
 from harness.gguf.spec import load_profile
-from harness.testing import (
+from harness.testing.helpers import (
     check_compose_file,
     clean_environ,
     edited,

@@ -223,7 +223,7 @@ def test_slower_run_is_regressed_and_exits_1(three_runs, capsys):
 def test_the_same_difference_on_few_samples_is_noise(tmp_path):
     """A 30 % slowdown seen in three requests each is within the noise, not a regression."""
     from harness.config import parse_threshold
-    from harness.stats import Samples, judge, percentile_statistic
+    from harness.report.stats import Samples, judge, percentile_statistic
 
     baseline = Samples(np.array([0.080, 0.120, 0.095]), percentile_statistic(50))
     current = Samples(np.array([0.150, 0.090, 0.124]), percentile_statistic(50))

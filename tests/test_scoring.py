@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness.errors import SuiteDataError
-from harness.scoring import (
+from harness.quality.scoring import (
     GradeResult,
     Item,
     Rubric,

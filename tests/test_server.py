@@ -1,4 +1,4 @@
-"""harness.server: which host, whether it answers, and the embedded engine when nothing does."""
+"""harness.server.reach: which host, whether it answers, and the embedded engine when nothing does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from harness.errors import ServerError
-from harness.server import (
+from harness.server.reach import (
     DEFAULT_HOST,
     HostRequest,
     detect_kind,

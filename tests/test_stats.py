@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from harness.config import parse_threshold
-from harness.stats import (
+from harness.report.stats import (
     Samples,
     bootstrap_difference,
     judge,

@@ -20,8 +20,15 @@ import numpy as np
 import pytest
 
 from harness.errors import SuiteDataError
-from harness.scoring import Item, accuracy, grade, reference_response, reference_value, within_tolerance
-from harness.suite_data import list_suites, load_suite
+from harness.quality.scoring import (
+    Item,
+    accuracy,
+    grade,
+    reference_response,
+    reference_value,
+    within_tolerance,
+)
+from harness.quality.suite_data import list_suites, load_suite
 
 SUITES = {name: load_suite(name) for name in list_suites()}
 ALL_ITEMS = [

@@ -1,4 +1,4 @@
-"""harness.suite_options: thresholds from the command line, harness.toml and the suite files."""
+"""harness.plugin.options: thresholds from the command line, harness.toml and the suite files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import HarnessError
-from harness.suite_options import SuiteOptions, parse_threshold, parse_threshold_flags, positive_int
+from harness.plugin.options import SuiteOptions, parse_threshold, parse_threshold_flags, positive_int
 
 
 def test_parse_threshold_reads_fractions_and_percentages() -> None:

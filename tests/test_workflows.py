@@ -2,7 +2,7 @@
 nightly job's own `run:` steps run here, with bash as the runner runs them, on the embedded engine instead of
 the Ollama service container: a renamed option, script or run folder breaks this test, not the nightly job.
 
-The helpers `make_workspace`, `stand_in_engine` and `check_compose_file` live in harness/testing.py (shared
+The helpers `make_workspace`, `stand_in_engine` and `check_compose_file` live in harness/testing/ (shared
 with tests/test_readme.py).
 """
 
@@ -21,7 +21,7 @@ import yaml
 
 from harness.engine import EmbeddedEngine
 from harness.runs import load_run
-from harness.testing import check_compose_file, clean_environ, make_workspace, stand_in_engine
+from harness.testing.helpers import check_compose_file, clean_environ, make_workspace, stand_in_engine
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))

@@ -256,7 +256,7 @@ def _validation_failure(path: Path) -> str | None:
     """The GGUF checker's error findings, else llama.cpp's cause from a trial load (in a subprocess),
     else None: the file is valid."""
     from harness.gguf.check import check_gguf
-    from harness.llamacpp import trial_load
+    from harness.gguf.llamacpp import trial_load
 
     report = check_gguf(path, deep=path.stat().st_size <= DEEP_CHECK_MAX_BYTES)
     if not report.ok:

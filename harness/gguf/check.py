@@ -464,7 +464,7 @@ class _Checker:
                 "no-arch-rules",
                 f"architecture '{arch}' is known to llama.cpp; the checker has no detailed rules for it and "
                 "checked its structure, common keys and tokenizer only",
-                "a trial load in llama.cpp (harness.llamacpp.trial_load) checks the rest",
+                "a trial load in llama.cpp (harness.gguf.llamacpp.trial_load) checks the rest",
                 key="general.architecture",
             )
         if self.rule.note:

@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.gguf.check import LOADS_BUT_WRONG, check_gguf
 from harness.gguf.mutants import Mutant, describe, write_mutant
 from harness.gguf.plan import GGUFPlan
-from harness.llamacpp import judge_files
+from harness.gguf.llamacpp import judge_files
 
 
 @dataclass(frozen=True)

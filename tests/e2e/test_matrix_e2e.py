@@ -15,7 +15,7 @@ import pytest
 
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
-from harness.matrix import NOT_SUPPORTED
+from harness.plugin.matrix import NOT_SUPPORTED
 
 from .test_suites_e2e import REPO, SUITES, explain, only_run, outcomes, run_suites
 

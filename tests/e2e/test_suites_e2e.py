@@ -21,13 +21,13 @@ from typing import Any
 import psutil
 import pytest
 
-from harness.client import OllamaClient
 from harness.engine import EmbeddedEngine
 from harness.gguf.broken import write_broken
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
 from harness.runs import RunRecord, load_run
-from harness.testing import run_pytest
+from harness.server.client import OllamaClient
+from harness.testing.helpers import run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = REPO / "suites"

@@ -13,7 +13,7 @@ from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel, build_cached, write_gguf
 from harness.gguf.plan import plan_gguf
 from harness.gguf.spec import load_profile
-from harness.testing import one_thread_engine
+from harness.testing.helpers import one_thread_engine
 
 ORACLE_PROMPT = "hello the"
 ORACLE_REPLY = " is two one."
@@ -38,7 +38,7 @@ def no_context_length_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_engine(
     tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
 ) -> EmbeddedEngine:
-    """A one-thread engine (harness.testing.one_thread_engine) on its own models folder."""
+    """A one-thread engine (harness.testing.helpers.one_thread_engine) on its own models folder."""
     return one_thread_engine(tmp_path_factory.mktemp("models"), env)
 
 

@@ -14,7 +14,7 @@ import pytest
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.memory import estimate_model_memory
-from harness.testing import runner_pids
+from harness.testing.helpers import runner_pids
 
 from .conftest import GREEDY, ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf, post
 

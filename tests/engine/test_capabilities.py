@@ -15,7 +15,7 @@ from gguf import GGUFValueType
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.gguf.plan import KV
-from harness.testing import edited
+from harness.testing.helpers import edited
 
 from .conftest import create_from_gguf
 

@@ -15,7 +15,7 @@ import pytest
 from harness.engine import EmbeddedEngine
 from harness.engine.embed import EmbeddingError, normalize, raw_legacy_embeddings, reduce_dimensions
 from harness.engine.scheduler import LoadOptions
-from harness.testing import runner_pids
+from harness.testing.helpers import runner_pids
 
 from .conftest import GREEDY, ORACLE_PROMPT, ORACLE_REPLY, post
 

@@ -15,7 +15,7 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
-from harness.testing import alive, pending_requests, runner_pids, wait_until
+from harness.testing.helpers import alive, pending_requests, runner_pids, wait_until
 
 from .conftest import create_from_gguf, make_engine
 

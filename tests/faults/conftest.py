@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.client import OllamaClient
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
-from harness.testing import one_thread_engine
+from harness.server.client import OllamaClient
+from harness.testing.helpers import one_thread_engine
 
 GEN = {"temperature": 0, "top_k": 1, "seed": 1}
 
 
 def start_engine(models_dir: Path, env: dict[str, str] | None = None) -> EmbeddedEngine:
-    """A started one-thread engine (harness.testing.one_thread_engine) on `models_dir`."""
+    """A started one-thread engine (harness.testing.helpers.one_thread_engine) on `models_dir`."""
     return one_thread_engine(models_dir, env).start()
 
 

@@ -31,7 +31,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.client import OllamaClient, OllamaRequestError
 from harness.engine import EmbeddedEngine
 from harness.engine.names import ModelName
 from harness.engine.store import MEDIA_MODEL, Layer, Store
@@ -45,10 +44,11 @@ from harness.gguf.broken import (
     write_broken,
 )
 from harness.gguf.check import check_gguf
+from harness.gguf.llamacpp import trial_load
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec
-from harness.llamacpp import trial_load
-from harness.testing import alive, mutation_seeds, runner_pids
+from harness.server.client import OllamaClient, OllamaRequestError
+from harness.testing.helpers import alive, mutation_seeds, runner_pids
 
 from .conftest import GEN, start_engine
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.client import OllamaClient
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
-from harness.load import OUTCOMES, LoadResult, run_closed_loop
-from harness.testing import runner_pids
+from harness.load.generator import OUTCOMES, LoadResult, run_closed_loop
+from harness.server.client import OllamaClient
+from harness.testing.helpers import runner_pids
 
 from .conftest import GEN, start_engine
 

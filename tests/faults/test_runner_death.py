@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.client import OllamaClient, OllamaRequestError
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
-from harness.load import run_closed_loop
-from harness.testing import alive, runner_pids, wait_until
+from harness.load.generator import run_closed_loop
+from harness.server.client import OllamaClient, OllamaRequestError
+from harness.testing.helpers import alive, runner_pids, wait_until
 
 from .conftest import GEN, start_engine
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from harness.client import OllamaClient, OllamaRequestError
 from harness.errors import ServerError
-from harness.load import run_closed_loop, run_open_loop
+from harness.load.generator import run_closed_loop, run_open_loop
+from harness.server.client import OllamaClient, OllamaRequestError
 
 from .conftest import SilentServer
 

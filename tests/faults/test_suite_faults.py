@@ -27,7 +27,7 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.runs import RunRecord, load_run
-from harness.testing import wait_until
+from harness.testing.helpers import wait_until
 
 from .conftest import start_engine
 

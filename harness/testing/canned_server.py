@@ -22,7 +22,7 @@ With `runner_bytes`, the first request for a model starts a child process holdin
 stand-in for a `llama-server` runner); `/api/ps` lists it and `generate(prompt="", keep_alive=0)` stops it.
 
 Run it in its own process with `CannedServer(...)` (a context manager) so that its CPU does not count as the
-client's, or `python -m harness.canned_server --port 11434`.
+client's, or `python -m harness.testing.canned_server --port 11434`.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class CannedServer(SubprocessServer):
         sock.bind(("127.0.0.1", 0))
         sock.listen(1024)
         self.port = sock.getsockname()[1]
-        argv = [sys.executable, "-m", "harness.canned_server", "--fd", str(sock.fileno())]
+        argv = [sys.executable, "-m", "harness.testing.canned_server", "--fd", str(sock.fileno())]
         argv += ["--behaviour", json.dumps(asdict(self.behaviour)), "--max-queue", str(self.max_queue)]
         argv += ["--runner-bytes", str(self.runner_bytes)]
         if self.parallel is not None:
@@ -341,7 +341,7 @@ class CannedServer(SubprocessServer):
 
     def _hint(self) -> str:
         return (
-            "run `python -m harness.canned_server --port 0` to see its error; "
+            "run `python -m harness.testing.canned_server --port 0` to see its error; "
             "if the machine is overloaded, raise start_timeout_s"
         )
 
@@ -376,7 +376,7 @@ def serve(app: Starlette, *, port: int | None = None, fd: int | None = None) -> 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m harness.canned_server", description=__doc__.splitlines()[0]
+        prog="python -m harness.testing.canned_server", description=__doc__.splitlines()[0]
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--port", type=int, help="port on 127.0.0.1 (0 = any free port)")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.scoring import GradeResult, Item, accuracy, grade, pass_rate, pass_rates_by_item
-from harness.suite_data import Suite
+from harness.quality.scoring import GradeResult, Item, accuracy, grade, pass_rate, pass_rates_by_item
+from harness.quality.suite_data import Suite
 
 Ask = Callable[[str, int], str]  # (prompt text, repeat) -> response
 Record = Callable[[dict[str, Any]], None]

@@ -46,7 +46,7 @@ __all__ = [
     "render_modelfile",
 ]
 
-MODELFILES_DIR = Path(__file__).resolve().parent.parent / "modelfiles"
+MODELFILES_DIR = Path(__file__).resolve().parents[2] / "modelfiles"
 
 # ---------------------------------------------------------------------------------------------- rendering
 

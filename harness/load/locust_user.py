@@ -4,10 +4,10 @@ Run it through `harness load --locust --workers N` (a headless master and N loca
 in a run record), or with Locust's own flags across machines::
 
     # on the master machine (results written to load.json, read by `harness load --import`)
-    locust -f harness/locust_user.py --master --headless --expect-workers 4 -u 32 -r 32 -t 60s \\
+    locust -f harness/load/locust_user.py --master --headless --expect-workers 4 -u 32 -r 32 -t 60s \\
         --host http://gpu-box:11434 --harness-model qwen2.5:0.5b --harness-out load.json
     # on each worker machine
-    locust -f harness/locust_user.py --worker --master-host MASTER --harness-model qwen2.5:0.5b
+    locust -f harness/load/locust_user.py --worker --master-host MASTER --harness-model qwen2.5:0.5b
 
 Each request is measured like `harness.load` does it (a `time.perf_counter()` stamp per content chunk; TTFT,
 inter-token latencies, end-to-end time and output tokens derived afterwards; one outcome per request: ok,

@@ -264,7 +264,7 @@ _COLUMN_UNITS = {"tokens_per_s": "tok/s", "ttft_s": "s", "ps_size": "bytes", "fi
 def matrix_table(summary: MatrixSummary) -> tuple[list[str], list[list[Any]]]:
     """The report's "Quantization matrix" table: a row per type, each value with its delta against the
     widest type that ran (percentage points for accuracy, per cent for the rest)."""
-    from harness.report_render import format_value
+    from harness.report.render import format_value
 
     columns = [*(f"accuracy.{suite}" for suite in summary.suites), *_COLUMN_UNITS]
     headers = [

@@ -1,5 +1,5 @@
 """Rendering of reports, run lists and metric histories: terminal tables, Markdown (for a CI job summary) and
-JSON. Tables are drawn by tabulate; the content comes from `harness.report`.
+JSON. Tables are drawn by tabulate; the content comes from `harness.report.metrics`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.errors import RunRecordError
-from harness.matrix import matrix_table, matrix_to_json, summarise_matrix
-from harness.report import (
+from harness.plugin.matrix import matrix_table, matrix_to_json, summarise_matrix
+from harness.report.hosts import compare_hosts, hosts_table, hosts_to_json
+from harness.report.metrics import (
     SHOWN_PERCENTILES,
     HistoryRow,
     MetricComparison,
     RunReport,
     SuiteSummary,
 )
-from harness.report_hosts import compare_hosts, hosts_table, hosts_to_json
 from harness.runs import RunRecord
 from harness.server_time import server_seconds
 

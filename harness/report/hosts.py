@@ -1,8 +1,8 @@
 """Hosts side by side: a run on several Ollama hosts, each host's metrics on the same model digest, and the
 host that is slower, worse or uses more memory than the others.
 
-Records carry `"host"` (harness.hosts); a run with records from two hosts or more is split by host and each
-part goes through `harness.report.collect_metrics`. Metrics are matched across hosts by the model's digest
+Records carry `"host"` (harness.plugin); a run with records from two hosts or more is split by host and each
+part goes through `harness.report's collect_metrics`. Metrics are matched across hosts by the model's digest
 (run.json `hosts.<host>.models`, else the top-level `models` with their host), falling back to the model
 name. A host is flagged when its value is worse than the best host's by more than `HOST_TOLERANCE`
 (relative) and by more than `ABSOLUTE_FLOOR` for its unit, or, for failed tests, when it failed more tests
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.report import FAILED_TEST_OUTCOMES, Metric, collect_metrics
+from harness.report.metrics import FAILED_TEST_OUTCOMES, Metric, collect_metrics
 from harness.runs import RunRecord
 
 HOST_TOLERANCE = 0.2
@@ -132,7 +132,7 @@ def host_notes(rows: list[HostRow]) -> list[str]:
 
 def hosts_table(rows: list[HostRow]) -> tuple[list[str], list[list[Any]]]:
     """(headers, rows) for the report: model, metric, one column per host (a flagged value is marked)."""
-    from harness.report_render import format_value
+    from harness.report.render import format_value
 
     hosts = list(dict.fromkeys(host for row in rows for host in row.values))
     table = []

@@ -20,8 +20,7 @@ import numpy as np
 
 from harness.config import ConfigError, HarnessConfig, Threshold, find_threshold
 from harness.errors import RunRecordError
-from harness.runs import RunRecord, list_runs, load_run
-from harness.stats import (
+from harness.report.stats import (
     Direction,
     Judgement,
     Samples,
@@ -31,6 +30,7 @@ from harness.stats import (
     percentile_samples,
     ratio_statistic,
 )
+from harness.runs import RunRecord, list_runs, load_run
 
 PERCENTILES = (50, 90, 95, 99)
 SHOWN_PERCENTILES = (50, 90, 99)
@@ -505,7 +505,7 @@ def build_report(
                 f"load scenario {record.get('scenario')} on {record.get('model')}: the load client was "
                 f"saturated ({reasons}); its timings partly measure the client"
             )
-    from harness.report_hosts import compare_hosts, host_notes  # hosts side by side (a multi-host run)
+    from harness.report.hosts import compare_hosts, host_notes  # hosts side by side (a multi-host run)
 
     report.notes.extend(host_notes(compare_hosts(run)))
     current = collect_metrics(run)

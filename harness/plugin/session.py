@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, ServerError
-from harness.hosts import HostRecorder
+from harness.plugin.hosts import HostRecorder
+from harness.plugin.options import SuiteOptions
 from harness.runs import RunRecorder
-from harness.server import Server, reach_server, requested_host
-from harness.suite_options import SuiteOptions
+from harness.server.reach import Server, reach_server, requested_host
 
 if TYPE_CHECKING:
-    from harness.client import OllamaClient
-    from harness.models_under_test import ModelUnderTest
+    from harness.plugin.models import ModelUnderTest
+    from harness.server.client import OllamaClient
 
 # The embedded engine's scheduler settings for the suites: two parallel slots and a short queue, so that the
 # load suite can fill both and then overflow the queue (503) within seconds on a CPU.
@@ -38,7 +38,7 @@ EMBEDDED_ENGINE_ENV = {
 }
 
 
-SESSION_MODULES = ("harness.client", "harness.models_under_test")
+SESSION_MODULES = ("harness.server.client", "harness.plugin.models")
 
 
 def import_session_modules() -> None:
@@ -81,7 +81,7 @@ class HarnessSession:
         session = cls(options, recorder)
         try:
             if options.gguf is not None:
-                from harness.models_under_test import check_user_gguf
+                from harness.plugin.models import check_user_gguf
 
                 report = check_user_gguf(options.gguf)
                 recorder.update({"gguf_check": report.summary_line()})
@@ -110,7 +110,7 @@ class HarnessSession:
                 while_starting=import_session_modules,
             )
         )
-        from harness.client import OllamaClient
+        from harness.server.client import OllamaClient
 
         self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)
         self.server_version = self.client.version()

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from harness.errors import SuiteDataError
-from harness.scoring import Item, Rubric, get_grader, grader_names
+from harness.quality.scoring import Item, Rubric, get_grader, grader_names
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "suites" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "suites" / "data"
 DIFFICULTIES = ("easy", "medium", "hard")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _HEADER_KEYS = {"suite", "version", "description", "instruction", "threshold", "items"}

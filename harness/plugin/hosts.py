@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
 from harness.runs import RunRecorder, _json_default
-from harness.server import normalize_url
+from harness.server.reach import normalize_url
 
 HOSTS_FOLDER = "hosts"  # per-host files (an embedded engine's log) live in <run>/hosts/<host>/
 

@@ -32,7 +32,7 @@ from ollama._client import _parse_host  # the official client's host parsing (OL
 
 from harness.errors import GGUFReadError, ServerError
 from harness.http_tls import verify_for
-from harness.modelfile import Command, Modelfile
+from harness.modelfile.parse import Command, Modelfile
 
 __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaRequestError", "parse_version"]
 
@@ -424,7 +424,7 @@ class OllamaClient:
     ) -> None:
         """Create `name` from a Modelfile: its local FROM/ADAPTER files are uploaded as blobs first.
         `quantize` (e.g. "q8_0", "q4_K_M") asks the server to quantize an F16/F32 file at create."""
-        from harness.modelfile import parse_modelfile
+        from harness.modelfile.parse import parse_modelfile
 
         parsed = parse_modelfile(modelfile) if isinstance(modelfile, str) else modelfile
         digests = {path: self.upload_blob(path) for path in parsed.local_paths(relative_dir).values()}

@@ -2,7 +2,7 @@
 
 llama.cpp aborts the whole process on some bad files (GGML_ASSERT), and xllamacpp only raises a generic
 "Failed to init server" while the real cause goes to stderr. So every call here runs
-`python -m harness.llamacpp load|generate|tokenize ...` as a child in its own process group, captures its
+`python -m harness.gguf.llamacpp load|generate|tokenize ...` as a child in its own process group, captures its
 stderr, extracts llama.cpp's cause line, kills the group on timeout, and never leaves a process behind.
 Generation is greedy (temperature 0, top_k 1), 2 threads, no prompt cache.
 
@@ -240,9 +240,9 @@ def _failure_cause(outcome: _ChildOutcome, timeout: float) -> str:
 
 
 def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
-    """`python -m harness.llamacpp ARGS` in its own process group, stdout and stderr piped."""
+    """`python -m harness.gguf.llamacpp ARGS` in its own process group, stdout and stderr piped."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.llamacpp", *args],
+        [sys.executable, "-m", "harness.gguf.llamacpp", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -343,7 +343,7 @@ def _judge(paths: Sequence[str], n_ctx: int, n_predict: int) -> None:
 
 
 def _child(argv: Sequence[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m harness.llamacpp")
+    parser = argparse.ArgumentParser(prog="python -m harness.gguf.llamacpp")
     parser.add_argument("action", choices=("load", "generate", "tokenize"))
     parser.add_argument("path")
     parser.add_argument("--n-ctx", type=int, default=256)
@@ -374,7 +374,7 @@ def _child(argv: Sequence[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "judge":
-        parser = argparse.ArgumentParser(prog="python -m harness.llamacpp judge")
+        parser = argparse.ArgumentParser(prog="python -m harness.gguf.llamacpp judge")
         parser.add_argument("paths", nargs="+")
         parser.add_argument("--n-ctx", type=int, default=128)
         parser.add_argument("--n-predict", type=int, default=3)

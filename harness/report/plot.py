@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.report import HistoryRow, RunReport, summarise_load
+from harness.report.metrics import HistoryRow, RunReport, summarise_load
 
 
 def _pyplot() -> Any:

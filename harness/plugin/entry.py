@@ -28,8 +28,7 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import HarnessError
-from harness.server_time import ServerTimeLog
-from harness.suite_options import (
+from harness.plugin.options import (
     DEFAULT_NUM_PREDICT,
     DEFAULT_PROFILE,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -37,9 +36,10 @@ from harness.suite_options import (
     parse_threshold_flags,
     positive_int,
 )
+from harness.server_time import ServerTimeLog
 
 if TYPE_CHECKING:
-    from harness.session import HarnessSession
+    from harness.plugin.session import HarnessSession
 
 EXIT_CANNOT_START = 2
 DEFAULT_TEST_TIMEOUT_S = 120.0
@@ -156,10 +156,10 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
         )
     matrix: tuple[str, ...] = ()
     if get("harness_matrix") is not None:
-        from harness.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
+        from harness.plugin.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
 
         matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
-    from harness.hosts import parse_hosts
+    from harness.plugin.hosts import parse_hosts
 
     hosts = parse_hosts(get("ollama_host"))
     return SuiteOptions(
@@ -201,7 +201,7 @@ def write_server_time(session: HarnessSession, log: ServerTimeLog) -> None:
 def activate(config: pytest.Config) -> None:
     """Turn the harness on for this pytest run (called by suites/conftest.py from `pytest_configure`)."""
     if not config.pluginmanager.has_plugin(_PLUGIN_NAME):
-        from harness.pytest_hosts import ScaleOutPlugin, needs_scale_out  # several hosts, pytest-xdist
+        from harness.plugin.scale_out import ScaleOutPlugin, needs_scale_out  # several hosts, pytest-xdist
 
         plugin = ScaleOutPlugin(config) if needs_scale_out(config) else HarnessPlugin(config)
         config.pluginmanager.register(plugin, _PLUGIN_NAME)
@@ -211,7 +211,7 @@ def _plugin(config: pytest.Config) -> HarnessPlugin:
     plugin = config.pluginmanager.get_plugin(_PLUGIN_NAME)
     if plugin is None:
         raise pytest.UsageError(
-            "the ollama-harness fixtures need an active harness: call harness.pytest_plugin.activate(config) "
+            "the ollama-harness fixtures need an active harness: call harness.plugin.entry.activate(config) "
             "from your conftest's pytest_configure (see suites/conftest.py)"
         )
     assert isinstance(plugin, HarnessPlugin)
@@ -241,7 +241,9 @@ class HarnessPlugin:
     def start(self) -> HarnessSession:
         """Start the session (run folder, server); raises HarnessError."""
         if self.harness is None:
-            from harness.session import HarnessSession  # imports the client and the engine only when active
+            from harness.plugin.session import (
+                HarnessSession,  # imports the client and the engine only when active
+            )
 
             started = time.perf_counter()
             options = options_from_pytest(self.config)
@@ -249,7 +251,7 @@ class HarnessPlugin:
             self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
             self.server_time = log_server_time(self.harness)
             if options.matrix:
-                from harness.matrix import matrix_meta
+                from harness.plugin.matrix import matrix_meta
 
                 self.harness.recorder.update({"matrix": matrix_meta(options.matrix)})
         return self.harness
@@ -478,14 +480,14 @@ def harness_session(request: pytest.FixtureRequest, harness_host: str | None) ->
 
 @pytest.fixture(scope="session")
 def ollama_client(harness_session: Any) -> Any:
-    """The session's OllamaClient (harness.client)."""
+    """The session's OllamaClient (harness.server.client)."""
     return harness_session.require_client()
 
 
 @pytest.fixture(scope="session")
 def fixture_models(harness_session: Any) -> Iterator[Any]:
     """`fixture_models(profile)`: the session's model for a fixture profile, built and created once."""
-    from harness.models_under_test import ModelFactory
+    from harness.plugin.models import ModelFactory
 
     factory = ModelFactory(harness_session)
     yield factory
@@ -507,7 +509,7 @@ def model_under_test(
     Most tests need it, so when it cannot be set up the run ends at once with the reason (exit status 2).
     A matrix type the server cannot quantize to skips its tests with the reason instead.
     """
-    from harness.matrix import QuantizeNotSupported, record_matrix_entry
+    from harness.plugin.matrix import QuantizeNotSupported, record_matrix_entry
 
     options = harness_session.options
     try:
@@ -537,9 +539,9 @@ def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
-    --repeats, --num-predict), grade, record, and return the `harness.quality.SuiteOutcome`."""
-    from harness.quality import run_quality_suite as run_suite
-    from harness.suite_data import load_suite
+    --repeats, --num-predict), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
+    from harness.quality.run import run_quality_suite as run_suite
+    from harness.quality.suite_data import load_suite
 
     options = harness_session.options
 

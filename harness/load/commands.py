@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.load import LoadResult, RequestSample, base_url, run_closed_loop
+from harness.load.generator import LoadResult, RequestSample, base_url, run_closed_loop
 from harness.runs import RunRecorder
 
 MASTER_LOG = "locust-master.log"
@@ -202,7 +202,7 @@ def record_locust_run(
 
 
 def _server_meta(host: str) -> dict[str, Any]:
-    from harness.server import detect_kind
+    from harness.server.reach import detect_kind
 
     return {"host": host, "url": base_url(host), "engine_kind": detect_kind(base_url(host))}
 

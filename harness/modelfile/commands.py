@@ -11,7 +11,12 @@ from pathlib import Path
 
 from harness.engine.gotemplate import TemplateError, parse_template
 from harness.errors import ModelfileError
-from harness.modelfile import MODELFILES_DIR, list_modelfile_templates, parse_modelfile, render_modelfile
+from harness.modelfile.parse import (
+    MODELFILES_DIR,
+    list_modelfile_templates,
+    parse_modelfile,
+    render_modelfile,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

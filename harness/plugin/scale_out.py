@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.errors import HarnessError, ServerError
-from harness.hosts import HostRecorder, LocalSink, WorkerSink, host_label, parse_hosts
-from harness.pytest_plugin import (
+from harness.plugin.entry import (
     HarnessPlugin,
     _short_message,
     _suite_of,
@@ -37,13 +36,14 @@ from harness.pytest_plugin import (
     options_from_pytest,
     write_server_time,
 )
+from harness.plugin.hosts import HostRecorder, LocalSink, WorkerSink, host_label, parse_hosts
+from harness.plugin.options import SuiteOptions
 from harness.runs import RunRecorder
-from harness.server import normalize_url, probe
-from harness.suite_options import SuiteOptions
+from harness.server.reach import normalize_url, probe
 
 if TYPE_CHECKING:
+    from harness.plugin.session import HarnessSession
     from harness.server_time import ServerTimeLog
-    from harness.session import HarnessSession
 
 HOST_PROPERTY = "harness_host"
 MODEL_PROPERTY = "harness_model"
@@ -120,7 +120,7 @@ class ScaleOutPlugin(HarnessPlugin):
 
     def session_for(self, host: str | None) -> HarnessSession:
         """The session of one host (None: the single host, or the default resolution), started once."""
-        from harness.session import HarnessSession
+        from harness.plugin.session import HarnessSession
 
         self.start()
         assert self.options is not None and self.sink is not None
@@ -333,6 +333,6 @@ def _item_host(item: pytest.Item) -> str | None:
 
 
 def _uses_server(item: pytest.Item) -> bool:
-    from harness.pytest_plugin import _uses_server as uses
+    from harness.plugin.entry import _uses_server as uses
 
     return uses(item)

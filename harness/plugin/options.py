@@ -30,7 +30,7 @@ class SuiteOptions:
     """Everything the suites need to know about what to test and how, after validation."""
 
     host: str | None = None
-    hosts: tuple[str, ...] = ()  # every --ollama-host (harness.hosts); `host` is this session's
+    hosts: tuple[str, ...] = ()  # every --ollama-host (harness.plugin.hosts); `host` is this session's
     embedded: bool = False
     model: str | None = None
     gguf: Path | None = None
@@ -45,7 +45,7 @@ class SuiteOptions:
     num_predict: int = DEFAULT_NUM_PREDICT
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     engine_models_dir: Path | None = None
-    matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.matrix)
+    matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.plugin.matrix)
 
     @property
     def uses_fixture_model(self) -> bool:

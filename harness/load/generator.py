@@ -615,7 +615,7 @@ def _blocking(run: Callable[P, Coroutine[Any, Any, LoadResult]]) -> Callable[P, 
             return asyncio.run(run(*args, **kwargs))
         raise HarnessError(
             f"run_{run.__name__}() was called from inside a running event loop",
-            f"await harness.load.{run.__name__}(...) instead",
+            f"await harness.load.generator.{run.__name__}(...) instead",
         )
 
     return blocking

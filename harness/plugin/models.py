@@ -5,7 +5,7 @@ Fixture profile -> GGUF (`build_cached`) -> Modelfile rendered from `modelfiles/
 `harness-<profile>[-<type>]-<hash8>-<run6>` (hash of the file, the Modelfile and any `quantize`). A user's
 GGUF goes the same way after `check_gguf` (errors stop the run with the findings). An existing model
 (`--model`) is only looked up. Models this session created are deleted at its end (unless --keep-models; see
-harness.session). With --keep-models the name has no run part, so a re-run with nothing changed finds the
+harness.plugin). With --keep-models the name has no run part, so a re-run with nothing changed finds the
 model on the server and creates nothing (GGUFs are cached by spec hash: `build_cached`).
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.client import OllamaRequestError
 from harness.errors import HarnessError, ServerError
+from harness.server.client import OllamaRequestError
 
 FIXTURE_MODELFILE = (
     "fixture"  # modelfiles/fixture.j2: FROM the file, a TEMPLATE that passes the prompt through
@@ -204,7 +204,7 @@ class ModelFactory:
         when the server refuses."""
         key = f"gguf:{path}:{modelfile}:{tensor_type}"
         if key not in self._by_key:
-            from harness.matrix import plan_entry
+            from harness.plugin.matrix import plan_entry
 
             started = time.perf_counter()
             sha256 = file_sha256(path)
@@ -267,7 +267,7 @@ class ModelFactory:
         started: float | None = None,
     ) -> ModelUnderTest:
         """Create the model (named after its content) unless a kept one of that name is on the server."""
-        from harness.modelfile import parse_modelfile, quote, render_modelfile
+        from harness.modelfile.parse import parse_modelfile, quote, render_modelfile
 
         started = time.perf_counter() if started is None else started
         if modelfile_template is None:
@@ -287,7 +287,7 @@ class ModelFactory:
                 )
             except OllamaRequestError as error:
                 if quantize is not None and _refused_quantize(error):
-                    from harness.matrix import quantize_refusal
+                    from harness.plugin.matrix import quantize_refusal
 
                     raise quantize_refusal(
                         quantize, self._file_type(gguf_path), error.server_message or error.message
