@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 
-from gguf.constants import MODEL_ARCH_NAMES
-
 LLAMA_MAX_LAYERS = 512
+INT32_MAX = 2**31 - 1
+MIN_CONTEXT = 8  # a context_length below this cannot hold a prompt and a reply
 
 U32 = ("u32",)
 F32 = ("f32",)
@@ -45,6 +46,7 @@ class KeyRule:
     hparam: str | None = None
     default: str | None = None  # expression used when the key is missing
     why: str = ""  # what llama.cpp does when the key is missing
+    read_by_llamacpp: bool = True  # False: llama.cpp never reads it, so a wrong type is only a warning
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class TokenizerRule:
     name: str
     needs_merges: bool = False
     byte_tokens: bool = False  # SentencePiece byte fallback: <0x00>..<0xFF> must exist
+    decodes_byte_tokens: bool = True  # False: llama.cpp aborts on a BYTE-type token (token_to_byte)
+    has_vocab: bool = True  # False: llama.cpp cannot tokenize text with it
 
 
 # Keys every file may carry, with the types llama.cpp reads them as.
@@ -97,7 +101,7 @@ GENERAL_KEYS: tuple[KeyRule, ...] = (
     KeyRule("general.architecture", STR, required=True, why="llama.cpp: unknown model architecture: ''"),
     KeyRule("general.alignment", U32),
     KeyRule("general.file_type", U32),
-    KeyRule("general.quantization_version", U32),
+    KeyRule("general.quantization_version", U32, read_by_llamacpp=False),
     KeyRule("general.name", STR),
     KeyRule("tokenizer.ggml.model", STR),
     KeyRule("tokenizer.ggml.pre", STR),
@@ -192,10 +196,17 @@ BASIC_CHECKS: tuple[Consistency, ...] = (
     ),
     Consistency(
         "bad-hparam",
-        "n_ctx_train >= 1",
-        "{arch}.context_length is {n_ctx_train}; it should be the training context (at least 1)",
+        f"n_ctx_train >= {MIN_CONTEXT}",
+        "{arch}.context_length is {n_ctx_train}; llama.cpp caps its context at it, so it cannot hold a "
+        "prompt and a reply (0 aborts: GGML_ASSERT(n_ctx > 0))",
         "set {arch}.context_length to the model's training context length",
-        severity="warning",
+    ),
+    Consistency(
+        "bad-hparam",
+        f"n_ctx_train <= {INT32_MAX}",
+        "{arch}.context_length is {n_ctx_train}, above 2^31-1: llama.cpp reads it into a signed 32-bit "
+        "context size, which turns negative (GGML_ASSERT(n_ctx > 0) at the first request)",
+        "set {arch}.context_length to the model's training context length",
     ),
 )
 
@@ -239,10 +250,26 @@ ROPE_CHECKS: tuple[Consistency, ...] = (
 EPS_CHECKS: tuple[Consistency, ...] = (
     Consistency(
         "bad-hparam",
-        "norm_rms_eps > 0",
-        "{arch}.attention.layer_norm_rms_epsilon is {norm_rms_eps}; it should be a small positive number",
+        "norm_rms_eps >= 0",
+        "{arch}.attention.layer_norm_rms_epsilon is {norm_rms_eps}: llama.cpp aborts at the first decode "
+        "(GGML_ASSERT(eps >= 0.0f))",
+        "set it to the model's rms_norm_eps (e.g. 1e-5)",
+    ),
+    Consistency(
+        "bad-hparam",
+        "norm_rms_eps != 0",
+        "{arch}.attention.layer_norm_rms_epsilon is 0; it should be a small positive number",
         "set it to the model's rms_norm_eps (e.g. 1e-5)",
         severity="warning",
+    ),
+)
+LAYER_NORM_EPS_CHECKS: tuple[Consistency, ...] = (
+    Consistency(
+        "bad-hparam",
+        "norm_eps >= 0",
+        "{arch}.attention.layer_norm_epsilon is {norm_eps}: llama.cpp aborts at the first decode "
+        "(GGML_ASSERT(eps >= 0.0f))",
+        "set it to the model's layer_norm_eps (e.g. 1e-5)",
     ),
 )
 
@@ -338,7 +365,7 @@ def _decoder(
     note: str = "",
 ) -> ArchRule:
     keys = (HEAD_COUNT, eps, *((FEED_FORWARD,) if dense_ffn else ()), *extra_keys)
-    eps_checks = EPS_CHECKS if eps is RMS_EPS else ()
+    eps_checks = EPS_CHECKS if eps is RMS_EPS else LAYER_NORM_EPS_CHECKS
     return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, note=note)
 
 
@@ -356,6 +383,13 @@ ARCH_RULES: dict[str, ArchRule] = {
         _decoder("gemma2"),
         _decoder("gemma3", tensors=GEMMA3_TENSORS),
         _decoder("phi3"),
+        _decoder(
+            "granite",
+            extra_keys=tuple(
+                KeyRule(f"{{arch}}.{name}", F32, True, why="key not found in model")
+                for name in ("logit_scale", "residual_scale", "embedding_scale", "attention.scale")
+            ),
+        ),
         _decoder("deepseek2", dense_ffn=False),
         _decoder("gpt-oss", dense_ffn=False),
         _decoder("command-r", eps=LAYER_NORM_EPS),
@@ -375,26 +409,177 @@ ARCH_RULES: dict[str, ArchRule] = {
 # them; llama.cpp expects them in a separate mmproj file and refuses the extra tensors).
 EMBEDDED_TOWER_PREFIXES = ("v.", "mm.", "a.")
 
-# Every architecture llama.cpp (of the gguf-py release installed) knows, plus those only Ollama runs.
-KNOWN_ARCHITECTURES: frozenset[str] = frozenset(MODEL_ARCH_NAMES.values()) | frozenset(ARCH_RULES)
+# Every architecture llama.cpp knows: gguf-py's MODEL_ARCH_NAMES, copied so that a check need not import
+# gguf-py (start-up time); tests/test_gguf_types.py asserts the copy equals the installed gguf-py's.
+LLAMACPP_ARCHITECTURES: frozenset[str] = frozenset(
+    (
+        "afmoe",
+        "apertus",
+        "arcee",
+        "arctic",
+        "arwkv7",
+        "baichuan",
+        "bailingmoe",
+        "bailingmoe2",
+        "bert",
+        "bitnet",
+        "bloom",
+        "chameleon",
+        "chatglm",
+        "clip",
+        "codeshell",
+        "cogvlm",
+        "cohere2",
+        "command-r",
+        "dbrx",
+        "deci",
+        "deepseek",
+        "deepseek2",
+        "deepseek2-ocr",
+        "dots1",
+        "dream",
+        "ernie4_5",
+        "ernie4_5-moe",
+        "eurobert",
+        "exaone",
+        "exaone-moe",
+        "exaone4",
+        "falcon",
+        "falcon-h1",
+        "gemma",
+        "gemma-embedding",
+        "gemma2",
+        "gemma3",
+        "gemma3n",
+        "gemma4",
+        "glm-dsa",
+        "glm4",
+        "glm4moe",
+        "gpt-oss",
+        "gpt2",
+        "gptj",
+        "gptneox",
+        "granite",
+        "granitehybrid",
+        "granitemoe",
+        "grok",
+        "grovemoe",
+        "hunyuan-dense",
+        "hunyuan-moe",
+        "hunyuan_vl",
+        "internlm2",
+        "jais",
+        "jais2",
+        "jamba",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "kimi-linear",
+        "lfm2",
+        "lfm2moe",
+        "llada",
+        "llada-moe",
+        "llama",
+        "llama-embed",
+        "llama4",
+        "maincoder",
+        "mamba",
+        "mamba2",
+        "mimo2",
+        "minicpm",
+        "minicpm3",
+        "minimax-m2",
+        "mistral3",
+        "mistral4",
+        "modern-bert",
+        "mpt",
+        "nemotron",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "neo-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "olmo",
+        "olmo2",
+        "olmoe",
+        "openelm",
+        "orion",
+        "paddleocr",
+        "pangu-embedded",
+        "phi2",
+        "phi3",
+        "phimoe",
+        "plamo",
+        "plamo2",
+        "plamo3",
+        "plm",
+        "qwen",
+        "qwen2",
+        "qwen2moe",
+        "qwen2vl",
+        "qwen3",
+        "qwen35",
+        "qwen35moe",
+        "qwen3moe",
+        "qwen3next",
+        "qwen3vl",
+        "qwen3vlmoe",
+        "refact",
+        "rnd1",
+        "rwkv6",
+        "rwkv6qwen2",
+        "rwkv7",
+        "seed_oss",
+        "smallthinker",
+        "smollm3",
+        "stablelm",
+        "starcoder",
+        "starcoder2",
+        "step35",
+        "t5",
+        "t5encoder",
+        "wavtokenizer-dec",
+        "xverse",
+    )
+)
+# ... plus those only Ollama runs.
+KNOWN_ARCHITECTURES: frozenset[str] = LLAMACPP_ARCHITECTURES | frozenset(ARCH_RULES)
 
 TOKENIZER_RULES: dict[str, TokenizerRule] = {
     rule.name: rule
     for rule in (
         TokenizerRule("llama", byte_tokens=True),
-        TokenizerRule("gpt2", needs_merges=True),
-        TokenizerRule("gemma4", needs_merges=True),
-        TokenizerRule("bert"),
+        TokenizerRule("gpt2", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("gemma4", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("bert", decodes_byte_tokens=False),
         TokenizerRule("t5"),
         TokenizerRule("rwkv"),
         TokenizerRule("plamo2"),
-        TokenizerRule("hybriddna"),
-        TokenizerRule("whitespace"),
-        TokenizerRule("no_vocab"),
-        TokenizerRule("none"),
+        TokenizerRule("hybriddna", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("whitespace", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("no_vocab", has_vocab=False),
+        TokenizerRule("none", has_vocab=False),
         TokenizerRule("test"),
     )
 }
+
+
+def tensor_base_name(name: str) -> str:
+    """A tensor's name as gguf-py's TENSOR_NAMES write it: block number as {bid}, no .weight/.bias."""
+    base = re.sub(r"^blk\.\d+\.", "blk.{bid}.", name)
+    return base.rsplit(".", 1)[0] if base.endswith((".weight", ".bias")) else base
+
+
+@functools.lru_cache(maxsize=32)
+def gguf_py_tensor_names(architecture: str) -> frozenset[str] | None:
+    """The tensors gguf-py's MODEL_TENSORS lists for `architecture` (base names), or None if it has none."""
+    # gguf-py (and numpy) are imported here only: a check of an architecture with rules here must not pay
+    # their import time.
+    from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
+    arch = next((a for a, n in MODEL_ARCH_NAMES.items() if n == architecture), None)
+    if arch is None or arch not in MODEL_TENSORS:
+        return None
+    return frozenset(TENSOR_NAMES[t] for t in MODEL_TENSORS[arch])
 
 
 def rules_for(architecture: str) -> ArchRule:

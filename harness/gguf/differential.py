@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.gguf.check import LOADS_BUT_WRONG, check_gguf
+from harness.gguf.check import check_gguf, loads_but_wrong
+from harness.gguf.llamacpp import judge_files
 from harness.gguf.mutants import Mutant, describe, write_mutant
 from harness.gguf.plan import GGUFPlan
-from harness.gguf.llamacpp import judge_files
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Outcome:
     checker_codes: tuple[str, ...]
     llama_ok: bool
     llama_cause: str | None
+    unjustified: tuple[str, ...] = ()  # error codes with no reason in check.LOADS_BUT_WRONG
+    reasons: tuple[tuple[str, str], ...] = ()  # (code, why llama.cpp runs it anyway) for the others
 
     @property
     def kind(self) -> str:
@@ -38,15 +40,6 @@ class Outcome:
         if self.checker_ok == self.llama_ok:
             return "agree-ok" if self.checker_ok else "agree-fail"
         return "miss" if self.checker_ok else "false-alarm"
-
-    @property
-    def error_codes(self) -> tuple[str, ...]:
-        return self.checker_codes
-
-    @property
-    def unjustified(self) -> tuple[str, ...]:
-        """For a false alarm: the error codes with no reason in `LOADS_BUT_WRONG`."""
-        return tuple(c for c in self.checker_codes if c not in LOADS_BUT_WRONG)
 
     def line(self) -> str:
         checker = "OK" if self.checker_ok else "FAIL " + ",".join(self.checker_codes)
@@ -88,13 +81,15 @@ class DifferentialReport:
     def summary(self) -> str:
         counts = Counter(o.kind for o in self.outcomes)
         alarms = Counter(code for o in self.false_alarms for code in o.checker_codes)
+        reasons = {code: why for o in self.false_alarms for code, why in o.reasons}
         lines = [
             f"{len(self.outcomes)} mutants in {self.seconds:.1f} s: {counts['agree-ok']} both OK, "
-            f"{counts['agree-fail']} both fail, {counts['miss']} misses, {counts['false-alarm']} false alarms "
-            f"({len(self.unjustified_false_alarms)} unjustified), {len(self.broken_benign)} benign broken",
+            f"{counts['agree-fail']} both fail, {counts['miss']} misses, "
+            f"{counts['false-alarm']} false alarms ({len(self.unjustified_false_alarms)} unjustified), "
+            f"{len(self.broken_benign)} benign broken",
         ]
         for code, count in sorted(alarms.items()):
-            lines.append(f"  false alarm {code} x{count}: {LOADS_BUT_WRONG.get(code, 'NOT JUSTIFIED')}")
+            lines.append(f"  false alarm {code} x{count}: {reasons.get(code, 'NOT JUSTIFIED')}")
         for outcome in (*self.misses, *self.unjustified_false_alarms, *self.broken_benign):
             lines.append("  " + outcome.line())
         return "\n".join(lines)
@@ -121,6 +116,8 @@ def run_differential(
                 checker_codes=tuple(dict.fromkeys(f.code for f in check.errors)),
                 llama_ok=verdict.ok,
                 llama_cause=verdict.cause,
+                unjustified=tuple(dict.fromkeys(f.code for f in check.errors if not loads_but_wrong(f))),
+                reasons=tuple((f.code, why) for f in check.errors if (why := loads_but_wrong(f))),
             )
         )
     for path in paths:

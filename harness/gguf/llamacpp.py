@@ -17,8 +17,8 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import queue
+import re
 import signal
 import subprocess
 import sys

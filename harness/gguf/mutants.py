@@ -51,7 +51,13 @@ _INT_TYPES = (
     GGUFValueType.UINT64,
     GGUFValueType.INT64,
 )
-_RETYPES = (*_INT_TYPES, GGUFValueType.FLOAT32, GGUFValueType.FLOAT64, GGUFValueType.BOOL, GGUFValueType.STRING)
+_RETYPES = (
+    *_INT_TYPES,
+    GGUFValueType.FLOAT32,
+    GGUFValueType.FLOAT64,
+    GGUFValueType.BOOL,
+    GGUFValueType.STRING,
+)
 _INT_RANGES = {
     GGUFValueType.UINT8: (0, 2**8 - 1),
     GGUFValueType.INT8: (-(2**7), 2**7 - 1),
@@ -148,7 +154,7 @@ def _coerced(value: object, value_type: GGUFValueType) -> object | None:
         return str(value)
     if value_type == GGUFValueType.BOOL:
         return bool(value)
-    if isinstance(value, str) or isinstance(value, list):
+    if isinstance(value, (str, list)):
         return None
     if value_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
         return float(value)  # type: ignore[arg-type]
@@ -356,7 +362,9 @@ def _tokenizer_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
                 )
     for pre in ("default", "llama-bpe", "no-such-pre"):
         yield Mutant(
-            f"tokenizer.ggml.pre = {pre}", "tokenizer", _set_kv("tokenizer.ggml.pre", KV(pre, GGUFValueType.STRING))
+            f"tokenizer.ggml.pre = {pre}",
+            "tokenizer",
+            _set_kv("tokenizer.ggml.pre", KV(pre, GGUFValueType.STRING)),
         )
     if tokens_key in plan.kvs:
         n_vocab = len(plan.kvs[tokens_key].value)  # type: ignore[arg-type]
@@ -366,11 +374,11 @@ def _tokenizer_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
                     f"{key} = {label}", "tokenizer", _set_kv(key, KV(token_id, GGUFValueType.UINT32))
                 )
         yield Mutant("token 3 empty", "tokenizer", _array_edit(tokens_key, _set_item(3, "")))
-        yield Mutant("last token duplicated", "tokenizer", _array_edit(tokens_key, lambda t: [*t[:-1], t[-2]]))
-        yield Mutant("byte tokens renamed", "tokenizer", _array_edit(tokens_key, _without_byte_tokens))
         yield Mutant(
-            "token 5 invalid UTF-8", "tokenizer", _array_edit(tokens_key, _set_item(5, b"\xff\xfe"))
+            "last token duplicated", "tokenizer", _array_edit(tokens_key, lambda t: [*t[:-1], t[-2]])
         )
+        yield Mutant("byte tokens renamed", "tokenizer", _array_edit(tokens_key, _without_byte_tokens))
+        yield Mutant("token 5 invalid UTF-8", "tokenizer", _array_edit(tokens_key, _set_item(5, b"\xff\xfe")))
     if types_key in plan.kvs:
         for token_type in (0, 7, 99, -1):
             yield Mutant(
@@ -378,7 +386,9 @@ def _tokenizer_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
                 "tokenizer",
                 _array_edit(types_key, _set_item(5, token_type)),
             )
-        yield Mutant("every token_type = 3 (control)", "tokenizer", _array_edit(types_key, lambda t: [3] * len(t)))
+        yield Mutant(
+            "every token_type = 3 (control)", "tokenizer", _array_edit(types_key, lambda t: [3] * len(t))
+        )
     yield Mutant(
         "merges added",
         "tokenizer",
@@ -425,7 +435,9 @@ def _reverse_tensors(plan: GGUFPlan) -> None:
 
 def _weights_to_f16(plan: GGUFPlan) -> None:
     plan.tensors = [
-        _retyped(GGMLQuantizationType.F16)(t) if len(t.shape) == 2 and t.ggml_type == GGMLQuantizationType.F32 else t
+        _retyped(GGMLQuantizationType.F16)(t)
+        if len(t.shape) == 2 and t.ggml_type == GGMLQuantizationType.F32
+        else t
         for t in plan.tensors
     ]
 
@@ -436,7 +448,10 @@ def _benign_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
     yield Mutant("tensors reversed", "benign", _reverse_tensors, True)
     yield Mutant("2-D weights F32 -> F16", "benign", _weights_to_f16, True)
     yield Mutant(
-        "Unicode general.name", "benign", _set_kv("general.name", KV(_UNICODE_NAME, GGUFValueType.STRING)), True
+        "Unicode general.name",
+        "benign",
+        _set_kv("general.name", KV(_UNICODE_NAME, GGUFValueType.STRING)),
+        True,
     )
     yield Mutant(
         "general.description added",
