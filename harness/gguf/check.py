@@ -280,12 +280,25 @@ def loads_but_wrong(finding: Finding) -> str | None:
     return LOADS_BUT_WRONG.get(f"{finding.code}:{finding.key}") or LOADS_BUT_WRONG.get(finding.code)
 
 
+@dataclass(frozen=True)
+class GoTemplate:
+    """An Ollama Modelfile's TEMPLATE (Go text/template) and SYSTEM, to compare with the chat template."""
+
+    template: str
+    system: str | None = None
+
+
 def check_gguf(
-    path: str | os.PathLike[str], *, deep: bool = False, limits: ReadLimits = DEFAULT_LIMITS
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    go_template: GoTemplate | None = None,
 ) -> CheckReport:
-    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all."""
+    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all.
+    With `go_template`, the chat template's prompt is compared with the one Ollama builds from it."""
     header = read_gguf_header(path, limits)
-    return _Checker(header, deep).run()
+    return _Checker(header, deep, go_template).run()
 
 
 # ------------------------------------------------------------------------------------------- internals
@@ -311,9 +324,10 @@ class _SafeFormat(dict[str, object]):
 
 
 class _Checker:
-    def __init__(self, header: GGUFHeader, deep: bool) -> None:
+    def __init__(self, header: GGUFHeader, deep: bool, go_template: GoTemplate | None = None) -> None:
         self.header = header
         self.deep = deep
+        self.go_template = go_template
         self.findings: list[Finding] = []
         self.hparams = HParams()
         self.arch: str | None = None
@@ -372,6 +386,8 @@ class _Checker:
                 self.check_tensors()
         if self.deep and header.complete:
             self.check_values()
+        if header.kv_complete:
+            self.check_chat_template()
         return self.report()
 
     def report(self) -> CheckReport:
@@ -925,6 +941,35 @@ class _Checker:
             "the hyperparameter keys and the tensors disagree: fix the keys or reconvert the model",
             tensor=tensor.name,
         )
+
+    # ---------------------------------------------------------------------------------- chat template
+    def check_chat_template(self) -> None:
+        template = self.header.value("tokenizer.chat_template")
+        if not isinstance(template, str) or not template:
+            return
+        # jinja2 is imported only for files that carry a chat template (start-up time of a plain check).
+        from harness.gguf.chat_template import audit_chat_template, compare_with_go_template
+
+        tokens = self.header.value("tokenizer.ggml.tokens")
+        items = tokens.items if isinstance(tokens, ArrayValue) else None
+        vocab = items if isinstance(items, list) else None
+        specials = {"bos_token": "", "eos_token": ""}
+        for name, key in (
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ):
+            token_id = self.header.value(key)
+            if vocab is not None and isinstance(token_id, int) and 0 <= token_id < len(vocab):
+                specials[name] = vocab[token_id]
+        vocab_set = frozenset(vocab) if vocab is not None else None
+        for finding in audit_chat_template(template, vocab_set, **specials):
+            self.add(finding.code, finding.message, finding.hint, key="tokenizer.chat_template")
+        if self.go_template is not None:
+            mismatch = compare_with_go_template(
+                template, self.go_template.template, go_system=self.go_template.system, **specials
+            )
+            if mismatch is not None:
+                self.add(mismatch.code, mismatch.message, mismatch.hint, key="tokenizer.chat_template")
 
     # ----------------------------------------------------------------------------------- values (deep)
     def check_values(self) -> None:

@@ -53,6 +53,7 @@ class DifferentialReport:
 
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    unwritable: list[str] = field(default_factory=list)  # mutants gguf-py's writer refused to write
 
     def of_kind(self, kind: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.kind == kind]
@@ -86,7 +87,7 @@ class DifferentialReport:
             f"{len(self.outcomes)} mutants in {self.seconds:.1f} s: {counts['agree-ok']} both OK, "
             f"{counts['agree-fail']} both fail, {counts['miss']} misses, "
             f"{counts['false-alarm']} false alarms ({len(self.unjustified_false_alarms)} unjustified), "
-            f"{len(self.broken_benign)} benign broken",
+            f"{len(self.broken_benign)} benign broken; {len(self.unwritable)} not writable (skipped)",
         ]
         for code, count in sorted(alarms.items()):
             lines.append(f"  false alarm {code} x{count}: {reasons.get(code, 'NOT JUSTIFIED')}")
@@ -100,13 +101,18 @@ def run_differential(
 ) -> DifferentialReport:
     """Write each mutant of `plan` into `folder`, judge it both ways, and compare (files are removed)."""
     started = time.monotonic()
-    drawn = list(mutants)
+    drawn: list[tuple[Mutant, ...]] = []
     paths: list[Path] = []
-    for index, mutant in enumerate(drawn):
-        paths.append(write_mutant(plan, mutant, folder / f"mutant-{index:05d}.gguf"))
+    report = DifferentialReport()
+    for index, mutant in enumerate(mutants):
+        try:
+            paths.append(write_mutant(plan, mutant, folder / f"mutant-{index:05d}.gguf"))
+        except (ValueError, KeyError, IndexError, TypeError):
+            report.unwritable.append(describe(mutant))  # gguf-py's writer refuses this combination
+            continue
+        drawn.append(mutant)
     checks = [check_gguf(path) for path in paths]
     verdicts = judge_files(paths, batch=batch)
-    report = DifferentialReport()
     for mutant, check, verdict in zip(drawn, checks, verdicts, strict=True):
         report.outcomes.append(
             Outcome(

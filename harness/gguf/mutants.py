@@ -332,8 +332,9 @@ def _tensor_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
 
 def _array_edit(key: str, change: Callable[[list[object]], list[object]]) -> PlanEdit:
     def edit(plan: GGUFPlan) -> None:
-        old = plan.kvs[key]
-        plan.kvs[key] = KV(change(list(old.value)), old.type, old.sub_type)  # type: ignore[call-overload]
+        old = plan.kvs.get(key)
+        if old is not None and old.type == GGUFValueType.ARRAY:  # an earlier edit may have dropped it
+            plan.kvs[key] = KV(change(list(old.value)), old.type, old.sub_type)  # type: ignore[call-overload]
 
     return edit
 
@@ -375,7 +376,9 @@ def _tokenizer_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
                 )
         yield Mutant("token 3 empty", "tokenizer", _array_edit(tokens_key, _set_item(3, "")))
         yield Mutant(
-            "last token duplicated", "tokenizer", _array_edit(tokens_key, lambda t: [*t[:-1], t[-2]])
+            "last token duplicated",
+            "tokenizer",
+            _array_edit(tokens_key, lambda t: [*t[:-1], t[-2]] if len(t) > 1 else t),
         )
         yield Mutant("byte tokens renamed", "tokenizer", _array_edit(tokens_key, _without_byte_tokens))
         yield Mutant("token 5 invalid UTF-8", "tokenizer", _array_edit(tokens_key, _set_item(5, b"\xff\xfe")))
@@ -425,8 +428,7 @@ def _architecture_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
 
 
 def _reverse_keys(plan: GGUFPlan) -> None:
-    items = list(plan.kvs.items())
-    plan.kvs = {"general.architecture": plan.kvs["general.architecture"], **dict(reversed(items))}
+    plan.kvs = dict(reversed(plan.kvs.items()))
 
 
 def _reverse_tensors(plan: GGUFPlan) -> None:
