@@ -249,7 +249,7 @@ def test_missing_byte_tokens_and_bad_special_id(tmp_path: Path) -> None:
 
     report = _check(_write_edited(tmp_path, edit))
     assert report.codes() == ["missing-byte-tokens", "bad-special-token"], report.format_text()
-    assert report.findings[1].severity == "warning"
+    assert report.findings[1].severity == "error"  # as llama.cpp's own vocab check and peers treat it
     assert "<0x00>" in report.findings[0].message
 
 
@@ -637,10 +637,10 @@ def test_sample_with_a_wrong_shape_is_caught(tmp_path: Path) -> None:
 
 def test_architecture_known_to_llama_cpp_without_rules_is_info_only(tmp_path: Path) -> None:
     def edit(plan: GGUFPlan) -> None:
-        _rename = {k.replace("llama.", "granite.", 1): v for k, v in plan.kvs.items()}
+        _rename = {k.replace("llama.", "deci.", 1): v for k, v in plan.kvs.items()}
         plan.kvs = _rename
-        plan.kvs["general.architecture"] = KV("granite", GGUFValueType.STRING)
-        plan.architecture = "granite"
+        plan.kvs["general.architecture"] = KV("deci", GGUFValueType.STRING)
+        plan.architecture = "deci"
 
     report = _check(_write_edited(tmp_path, edit))
     assert report.ok and report.codes() == ["no-arch-rules"]
@@ -681,9 +681,11 @@ def test_cli_unreadable_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     assert main(["gguf", "check", str(tmp_path / "absent.gguf")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["gguf", "check", "--json", str(tmp_path)]) == 2
+    assert main(["gguf", "check", "--json", str(tmp_path / "absent.gguf")]) == 2
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] is False and "directory" in data["error"]
+    assert data["ok"] is False and "no such file" in data["error"]
+    assert main(["gguf", "check", str(tmp_path)]) == 2  # a folder without .gguf files
+    assert f"no .gguf files in {tmp_path}" in capsys.readouterr().err
 
 
 def test_embedded_vision_tower_is_only_a_warning(tmp_path: Path) -> None:

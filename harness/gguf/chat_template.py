@@ -89,7 +89,9 @@ def audit_chat_template(
             )
         )
         return findings  # not rendered: the sandbox should not be put to the test by a hostile file
-    rendered = render_chat_template(template, STANDARD_CONVERSATION, bos_token=bos_token, eos_token=eos_token)
+    rendered = render_chat_template(
+        tree, STANDARD_CONVERSATION, bos_token=bos_token, eos_token=eos_token, environment=environment
+    )
     if isinstance(rendered, TemplateFinding):
         findings.append(rendered)
         return findings
@@ -119,16 +121,18 @@ def audit_chat_template(
 
 
 def render_chat_template(
-    template: str,
+    template: str | jinja2.nodes.Template,
     messages: Sequence[Mapping[str, Any]],
     *,
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    environment: ImmutableSandboxedEnvironment | None = None,
 ) -> str | TemplateFinding:
-    """`template` rendered for `messages` in the sandbox, or the finding saying why it could not be."""
+    """`template` (text, or a tree parsed by `environment`) rendered for `messages` in the sandbox, or the
+    finding saying why it could not be."""
     try:
-        compiled = _environment().from_string(template)
+        compiled = (environment or _environment()).from_string(template)
         return compiled.render(
             messages=[dict(m) for m in messages],
             add_generation_prompt=add_generation_prompt,

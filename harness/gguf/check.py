@@ -7,15 +7,22 @@ keys...). Every finding has a stable code, listed in `CODES` below with its defa
 
 Codes (see `CODES` for the full descriptions):
   file structure:  empty-file, bad-magic, bad-version, truncated-header, bad-counts, truncated-kv, bad-kv,
-                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key
-  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length
+                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key, invalid-utf8
+  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length,
+                   trailing-bytes
   architecture:    missing-architecture, unknown-architecture, no-arch-rules, arch-note
   keys:            missing-key, wrong-type
   hyperparameters: zero-blocks, bad-head-count, bad-rope-dims, odd-head-dim, bad-hparam
   tokenizer:       missing-tokenizer, unknown-tokenizer, tokenizer-length-mismatch, duplicate-token,
-                   missing-byte-tokens, missing-merges, bad-special-token
+                   missing-byte-tokens, missing-merges, tokenizer-mismatch, bad-special-token
   tensors:         vocab-size-mismatch, missing-tensor, wrong-shape, unexpected-tensor
   data (--deep):   non-finite-weights, deep-skipped
+  chat template:   template-error, template-unsafe, template-hidden-unicode, template-unknown-token,
+                   template-mismatch (with a Modelfile's Go TEMPLATE)
+
+Whether a file the checker passes really loads is tested against llama.cpp itself:
+harness/gguf/differential.py judges structured mutants of valid fixtures both ways; errors llama.cpp does
+not refuse are listed, with the reason, in `LOADS_BUT_WRONG`.
 """
 
 from __future__ import annotations
@@ -710,8 +717,6 @@ class _Checker:
             return
         tokens = tokens_entry.value
         self._check_token_arrays(tokens.length)
-        if not tokenizer.decodes_byte_tokens:
-            self._check_byte_token_types(model)
         if isinstance(tokens.items, list):
             self._check_token_strings(tokens.items, tokenizer)
         if tokenizer.needs_merges and "tokenizer.ggml.merges" not in kvs:
@@ -722,6 +727,8 @@ class _Checker:
                 "write the BPE merges from tokenizer.json as tokenizer.ggml.merges",
                 key="tokenizer.ggml.merges",
             )
+        if not tokenizer.decodes_byte_tokens:
+            self._check_byte_token_types(model)
         self._check_special_ids(tokens.length)
         vocab_size = self.hparams.values.get("vocab_size_key")
         if isinstance(vocab_size, int) and vocab_size != tokens.length:
