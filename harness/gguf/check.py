@@ -179,7 +179,8 @@ LOADS_BUT_WRONG: dict[str, str] = {
     "wrong-type:tokenizer.chat_template": "llama.cpp reads tokenizer.chat_template only when a chat "
     "request needs it: the raw completion works, chat templating (llama.cpp's and Ollama's) finds no "
     "usable template",
-    "template-error": "llama.cpp's raw completion never renders the chat template; every chat request does",
+    "template-error": "llama-server only parses the chat template at start-up; a template that raises on a "
+    "standard conversation, or leaves its messages out, fails or empties every chat request",
     "template-unsafe": "llama.cpp's raw completion never renders the chat template; a template that reaches "
     "interpreter internals is an attack on whatever renders it (transformers, Python servers)",
     "template-hidden-unicode": "invisible and bidirectional characters do not stop loading; they hide what "

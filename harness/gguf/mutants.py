@@ -29,6 +29,7 @@ from harness.gguf.plan import KV, GGUFPlan, TensorPlan
 PlanEdit = Callable[[GGUFPlan], None]
 
 FAMILIES = (
+    "template",
     "key-drop",
     "key-type",
     "key-value",
@@ -112,6 +113,7 @@ def all_mutants(plan: GGUFPlan) -> list[Mutant]:
         *_tensor_mutants(plan),
         *_tokenizer_mutants(plan),
         *_architecture_mutants(plan),
+        *_template_mutants(),
         *_benign_mutants(plan),
     ]
 
@@ -422,6 +424,44 @@ def _architecture_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
     for arch in (*_SWAP_ARCHITECTURES, "so8t"):
         yield Mutant(f"architecture -> {arch} (keys moved)", "architecture", _swap_architecture(arch, True))
         yield Mutant(f"architecture -> {arch} (keys kept)", "architecture", _swap_architecture(arch, False))
+
+
+# ---------------------------------------------------------------------------------------- chat template
+
+# Chat templates a file may carry: some llama.cpp's server refuses at start-up, some only a chat request
+# would trip over, some are fine (real templates use namespace(), loop controls, tojson and slicing).
+_TEMPLATES = {
+    "unterminated for": "{% for m in messages %}{{ m['content'] }}",
+    "unknown filter": "{% for m in messages %}{{ m['content'] | no_such_filter }}{% endfor %}",
+    "raises on system": (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    ),
+    "reaches __class__": (
+        "{{ messages.__class__.__name__ }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    ),
+    "uses cycler": (
+        "{% set c = cycler('a', 'b') %}{% for m in messages %}{{ c.next() }}{{ m['content'] }}{% endfor %}"
+    ),
+    "hidden U+200B": "{% for m in messages %}\u200b{{ m['content'] }}{% endfor %}",
+    "ChatML tokens not in vocab": (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    "drops the messages": "{{ bos_token }}hello",
+    "namespace and loop controls": (
+        "{% set ns = namespace(n=0) %}{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}"
+        "{% endif %}{% set ns.n = ns.n + 1 %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    ),
+    "tojson and slicing": "{% for m in messages[-2:] %}{{ m['content'] | tojson }}\n{% endfor %}",
+}
+
+
+def _template_mutants() -> Iterator[Mutant]:
+    for label, text in _TEMPLATES.items():
+        edit = _set_kv("tokenizer.chat_template", KV(text, GGUFValueType.STRING))
+        yield Mutant(f"chat template: {label}", "template", edit)
 
 
 # ------------------------------------------------------------------------------------------------ benign
