@@ -24,7 +24,7 @@ from bench_build import big_spec
 from tabulate import tabulate
 
 from harness.gguf.build import build_gguf
-from harness.gguf.ggml_quantize import _usable_cpus
+from harness.gguf.ggml_quantize import usable_cpus
 from harness.gguf.quantize import quantize_gguf
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type", default="Q4_K_M")
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         source = build_gguf(bench_spec(args.layers), Path(folder) / "source.gguf", progress=False)
         header = read_gguf_header(source.path)

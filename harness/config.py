@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.units import THRESHOLD_SUFFIXES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,15 +47,6 @@ class ConfigError(HarnessError):
     """The configuration file or a threshold given on the command line is invalid."""
 
 
-_UNITS = {
-    "": 1.0,
-    "s": 1.0,
-    "ms": 1e-3,
-    "b": 1.0,
-    "kib": 1024.0,
-    "mib": 1024.0**2,
-    "gib": 1024.0**3,
-}
 _THRESHOLD = re.compile(r"^\s*([+-]?)\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|pt|[a-zA-Z]*)\s*$")
 
 
@@ -82,7 +74,7 @@ def parse_threshold(text: str | float | int) -> Threshold:
     if isinstance(text, (int, float)):
         text = str(text)
     match = _THRESHOLD.match(text)
-    if match is None or match.group(3).lower() not in {*_UNITS, "%", "pt"}:
+    if match is None or match.group(3).lower() not in {*THRESHOLD_SUFFIXES, "%", "pt"}:
         raise ConfigError(
             f"invalid threshold {text!r}",
             'write a change such as "+20%" (relative), "-5pt" (percentage points), "+50ms" or "+32MiB"',
@@ -92,7 +84,7 @@ def parse_threshold(text: str | float | int) -> Threshold:
         return Threshold(number / 100, True, text.strip(), sign)
     if unit == "pt":
         return Threshold(number / 100, False, text.strip(), sign)
-    return Threshold(number * _UNITS[unit], False, text.strip(), sign)
+    return Threshold(number * THRESHOLD_SUFFIXES[unit], False, text.strip(), sign)
 
 
 # Defaults, applied after the config file and the command line. Keys are metric names or glob patterns,

@@ -36,9 +36,10 @@ import psutil
 
 from harness.errors import GGUFReadError, HarnessError, ServerError
 from harness.gguf.reader import ArrayValue, GGUFHeader, read_gguf_header
+from harness.gguf.types import bytes_per_value
 from harness.http_tls import verify_for
 
-KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+KV_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0")  # llama.cpp's --cache-type-k/v choices the estimate knows
 DEFAULT_UBATCH = 512  # llama.cpp's n_ubatch default (Ollama's num_batch default is 512 too)
 KV_CELL_PADDING = 256  # llama.cpp pads a sliding-window KV cache's size to this many cells
 # Sliding-window attention in llama.cpp (`set_swa_pattern(n)`): in every n layers the last one attends to the
@@ -196,9 +197,9 @@ def estimate_model_memory(
             f"num_ctx and num_parallel must be positive (got {num_ctx}, {num_parallel})",
             "pass the model's context length per request and the server's OLLAMA_NUM_PARALLEL",
         )
-    if kv_cache_type not in KV_BYTES_PER_ELEMENT:
+    if kv_cache_type not in KV_CACHE_TYPES:
         raise HarnessError(
-            f"unknown KV cache type {kv_cache_type!r}", f"use one of {', '.join(KV_BYTES_PER_ELEMENT)}"
+            f"unknown KV cache type {kv_cache_type!r}", f"use one of {', '.join(KV_CACHE_TYPES)}"
         )
     path = Path(gguf_path)
     hyper, weights = _hyperparameters(path)
@@ -206,7 +207,7 @@ def estimate_model_memory(
         num_ctx = min(num_ctx, hyper.n_ctx_train)
     n_ctx_total = num_ctx * num_parallel
     cells = hyper.kv_cells(num_ctx, num_parallel, min(n_ubatch, n_ctx_total))
-    kv = int(cells * (hyper.n_embd_k + hyper.n_embd_v) * KV_BYTES_PER_ELEMENT[kv_cache_type])
+    kv = int(cells * (hyper.n_embd_k + hyper.n_embd_v) * bytes_per_value(kv_cache_type))
     compute = _compute_allowance(
         hyper, num_ctx, n_ctx_total, num_parallel, n_ubatch=n_ubatch, flash_attention=flash_attention
     )
@@ -332,7 +333,7 @@ def rss_of(pid: int) -> int:
 
 
 @dataclass(frozen=True)
-class RunnerProcess:
+class RunnerSnapshot:
     """A child of the server (a model runner) and its resident bytes (`rss_of`)."""
 
     pid: int
@@ -340,7 +341,7 @@ class RunnerProcess:
     rss_bytes: int
 
 
-def runner_processes(server_pid: int) -> list[RunnerProcess]:
+def runner_processes(server_pid: int) -> list[RunnerSnapshot]:
     """All live descendants of `server_pid` (Ollama's llama-server, the embedded engine's runners)."""
     try:
         children = psutil.Process(server_pid).children(recursive=True)
@@ -351,7 +352,7 @@ def runner_processes(server_pid: int) -> list[RunnerProcess]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
-            found.append(RunnerProcess(child.pid, child.cmdline(), rss_of(child.pid)))
+            found.append(RunnerSnapshot(child.pid, child.cmdline(), rss_of(child.pid)))
     return found
 
 
@@ -440,8 +441,8 @@ class UnloadCheck:
     """What unloading did: gone from /api/ps, runners that exited, and memory they gave back."""
 
     ps_gone: bool
-    runners_before: list[RunnerProcess]
-    runners_after: list[RunnerProcess] = field(default_factory=list)
+    runners_before: list[RunnerSnapshot]
+    runners_after: list[RunnerSnapshot] = field(default_factory=list)
     wait_s: float = 0.0
 
     @property

@@ -133,7 +133,7 @@ def harness_info() -> dict[str, Any]:
     return {"version": __version__, "commit": commit}
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """Encode the non-JSON types results commonly hold (numpy scalars and arrays, paths, datetimes)."""
     if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
@@ -158,7 +158,7 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as temp:
-            json.dump(data, temp, indent=2, ensure_ascii=False, default=_json_default)
+            json.dump(data, temp, indent=2, ensure_ascii=False, default=json_default)
             temp.write("\n")
             temp.flush()
             os.fsync(temp.fileno())
@@ -286,7 +286,7 @@ class RunRecorder:
         kind = record.get("kind")
         if kind not in RESULT_KINDS:
             raise ValueError(f"a result record needs a kind among {RESULT_KINDS}, got {kind!r}")
-        line = json.dumps(dict(record), ensure_ascii=False, default=_json_default)
+        line = json.dumps(dict(record), ensure_ascii=False, default=json_default)
         with self._lock:
             self._check_open()
             self._results.write(line + "\n")

@@ -6,9 +6,9 @@ unloads -> copy -> delete. The oracle fixture's exact continuation through the M
 positive control (random weights cannot produce it). Every broken-GGUF class is rejected at create or at
 first load with an error that names the cause: no hang, no traceback, and the server stays up.
 
-Ollama's own integration tests check the same things more loosely (OLLAMA-REFERENCE.md §3): num_predict
-via logprob counts, final-chunk fields, /api/ps presence; we also check exact equality where a fixture
-makes it knowable.
+Ollama's own integration tests (integration/, e.g. basic_test.go) check the same things more loosely:
+num_predict via logprob counts, final-chunk fields, /api/ps presence; we also check exact equality where a
+fixture makes it knowable.
 """
 
 from __future__ import annotations

@@ -18,14 +18,15 @@ from harness.errors import GGUFReadError
 from harness.gguf.broken import ABORT, BROKEN_KINDS, write_broken
 from harness.gguf.build import build_gguf, write_gguf
 from harness.gguf.check import CODES, CheckReport, check_gguf
-from harness.gguf.llamacpp import LoadResult, trial_load
+from harness.gguf.llamacpp import TrialLoad, trial_load
 from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
-from harness.gguf.spec import TENSOR_TYPES, ModelSpec, list_profiles, load_profile
+from harness.gguf.spec import ModelSpec, list_profiles, load_profile
+from harness.gguf.types import TENSOR_TYPES
 
 TINY = ModelSpec(name="check-tiny", n_embd=32, n_layer=2, n_head=4, n_head_kv=2, n_ff=64, context_length=128)
 
 
-def _trial_load(path: Path) -> LoadResult:
+def _trial_load(path: Path) -> TrialLoad:
     """llama.cpp's verdict on `path`, retried when the child says nothing useful: on a loaded 2-core machine
     xllamacpp's server start sometimes hangs, or its log is lost at exit, whatever the file."""
     result = trial_load(path, timeout=20.0)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from gguf.constants import GGML_QUANT_SIZES, MODEL_ARCH_NAMES, GGMLQuantizationType, GGUFValueType
 
 from harness.gguf.archs import LLAMACPP_ARCHITECTURES
-from harness.gguf.types import TENSOR_TYPES, ValueType
+from harness.gguf.types import GGML_TYPES, ValueType
 
 
 def test_tensor_types_equal_gguf_py() -> None:
-    ours = {t.id: (t.name, t.block_size, t.type_size) for t in TENSOR_TYPES.values()}
+    ours = {t.id: (t.name, t.block_size, t.type_size) for t in GGML_TYPES.values()}
     theirs = {int(q): (GGMLQuantizationType(q).name, *sizes) for q, sizes in GGML_QUANT_SIZES.items()}
     assert ours == theirs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.engine.gotemplate import GoStruct, TemplateError, parse_template
+from harness.modelfile.gotemplate import GoStruct, TemplateError, parse_template
 
 
 def render(text: str, data: object = None) -> str:

@@ -14,10 +14,10 @@ from harness.load.generator import (
     LoadResult,
     RequestSample,
     Transport,
-    _percentiles,
     base_url,
     closed_loop,
     concurrency_levels,
+    percentiles,
     poisson_arrivals,
     run_closed_loop,
     run_open_loop,
@@ -197,7 +197,7 @@ def test_percentiles_match_known_delays(server: CannedServer, transport: Transpo
 
 def test_percentile_arithmetic() -> None:
     values = [float(v) for v in range(1, 101)]
-    got = _percentiles(values)
+    got = percentiles(values)
     assert got == {
         "p50": 50.5,
         "p90": pytest.approx(90.1),
@@ -205,7 +205,7 @@ def test_percentile_arithmetic() -> None:
         "mean": 50.5,
         "n": 100,
     }
-    assert _percentiles([]) == {"p50": None, "p90": None, "p99": None, "mean": None, "n": 0}
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None, "mean": None, "n": 0}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -279,7 +279,7 @@ def test_an_idle_run_does_not_call_itself_saturated(server: CannedServer) -> Non
 
 def test_blocking_runner_refuses_a_running_loop(server: CannedServer) -> None:
     async def inside() -> None:
-        with pytest.raises(HarnessError, match=r"await harness\.load\.closed_loop"):
+        with pytest.raises(HarnessError, match=r"await harness\.load\.generator\.closed_loop"):
             run_closed_loop(server.host, "m", concurrency=1, requests=1)
         result = await closed_loop(server.host, "m", concurrency=1, requests=1)
         assert result.counts()["ok"] == 1

@@ -22,7 +22,8 @@ from harness.errors import HarnessError
 from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
 from harness.load.commands import record_locust_run, run_locust
-from harness.report.metrics import build_report, collect_metrics
+from harness.report.compare import build_report
+from harness.report.metrics import collect_metrics
 from harness.runs import load_run
 from harness.server.client import OllamaClient
 from harness.testing.canned_server import CannedBehaviour, CannedServer

@@ -15,21 +15,19 @@ from harness.engine import EmbeddedEngine
 from harness.errors import HarnessError
 from harness.gguf.build import build_cached
 from harness.gguf.llamacpp import generate
-from harness.gguf.spec import TENSOR_TYPES, load_profile
+from harness.gguf.spec import load_profile
+from harness.gguf.types import TENSOR_TYPES
 from harness.plugin.matrix import (
     NOT_SUPPORTED,
     QuantizeNotSupported,
     matrix_meta,
-    matrix_table,
-    matrix_to_json,
     parse_matrix,
     plan_entry,
     record_matrix_entry,
-    request_stats,
-    summarise_matrix,
 )
 from harness.plugin.models import ModelFactory
 from harness.plugin.options import SuiteOptions
+from harness.report.matrix import matrix_table, matrix_to_json, request_stats, summarise_matrix
 from harness.runs import RunRecorder, load_run
 from harness.server.client import Completion, OllamaClient
 from harness.server_time import ServerTimeLog, server_seconds, union_length

@@ -9,18 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.engine.gotemplate import parse_template
 from harness.engine.prompt import render_chat, render_generate
 from harness.errors import ModelfileError
 from harness.modelfile.commands import register
-from harness.modelfile.parse import (
-    Command,
-    Modelfile,
-    list_modelfile_templates,
-    parse_modelfile,
-    quote,
-    render_modelfile,
-)
+from harness.modelfile.gotemplate import parse_template
+from harness.modelfile.parse import Command, Modelfile, parse_modelfile, quote
+from harness.modelfile.render import list_modelfile_templates, render_modelfile
 
 SHIPPED = ["chatml", "fixture", "gemma", "llama3"]
 USER_HI = [{"role": "user", "content": "hi"}]

@@ -16,8 +16,8 @@ from harness.engine import EmbeddedEngine
 from harness.errors import HarnessError
 from harness.load.generator import LoadResult, RequestSample
 from harness.plugin.hosts import parse_hosts
+from harness.report.compare import build_report
 from harness.report.hosts import compare_hosts
-from harness.report.metrics import build_report
 from harness.report.render import render_report
 from harness.runs import RunRecord, RunRecorder, load_run
 from harness.testing.helpers import run_pytest

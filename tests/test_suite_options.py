@@ -8,18 +8,18 @@ import pytest
 
 from harness.config import load_config
 from harness.errors import HarnessError
-from harness.plugin.options import SuiteOptions, parse_threshold, parse_threshold_flags, positive_int
+from harness.plugin.options import SuiteOptions, parse_suite_threshold, parse_threshold_flags, positive_int
 
 
 def test_parse_threshold_reads_fractions_and_percentages() -> None:
-    assert parse_threshold("math=0.6") == ("math", 0.6)
-    assert parse_threshold("quantum=25%") == ("quantum", 0.25)
+    assert parse_suite_threshold("math=0.6") == ("math", 0.6)
+    assert parse_suite_threshold("quantum=25%") == ("quantum", 0.25)
 
 
 @pytest.mark.parametrize("text", ["math", "=0.5", "math=1.5", "math=abc", "math=-0.1"])
 def test_parse_threshold_rejects_bad_values_with_a_hint(text: str) -> None:
     with pytest.raises(HarnessError) as caught:
-        parse_threshold(text)
+        parse_suite_threshold(text)
     assert caught.value.hint
 
 

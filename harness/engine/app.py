@@ -1,4 +1,5 @@
-"""The Ollama-compatible HTTP front (Starlette): routes, request parsing, NDJSON streaming, error texts."""
+"""Ollama's API handlers (the `Engine` service): request parsing, the scheduler and runners, NDJSON streaming,
+error texts. The route table that serves them is `routes.py`."""
 
 from __future__ import annotations
 
@@ -6,27 +7,27 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from harness import __version__
-from harness.engine.access import AccessMiddleware, allowed_origins
 from harness.engine.capabilities import check_request, model_capabilities
 from harness.engine.config import EngineConfig, parse_keep_alive
-from harness.engine.create import ApiError, ModelCreator, model_details
+from harness.engine.create import ModelCreator, model_details
 from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
-from harness.engine.openai_compat import openai_routes
 from harness.engine.options import OptionError, completion_fields, merge_options
-from harness.engine.routing import TrailingSlashRedirect, gin_route, method_not_allowed, page_not_found
+from harness.engine.prompt import ollama_template, render_chat, render_generate
+from harness.engine.routing import (
+    ApiError,
+    error_body,
+    error_response,
+)
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
 from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
 from harness.engine.store import (
@@ -49,19 +50,6 @@ OLLAMA_API_LEVEL = "0.33.0"
 # Semver with build metadata: compares equal to the Ollama API level it follows, and names this engine.
 ENGINE_VERSION = f"{OLLAMA_API_LEVEL}+harness.{__version__}"
 NDJSON = "application/x-ndjson"
-
-
-def _error_body(message: str) -> dict[str, str]:
-    """The `{"error": ...}` object for a message; every error text leaves the engine through here.
-
-    Texts can carry bytes that are not UTF-8 (the GGUF reader keeps them as surrogate escapes in tensor
-    names and keys); they are shown backslash-escaped so that the answer stays valid UTF-8 JSON.
-    """
-    return {"error": message.encode("utf-8", "backslashreplace").decode("utf-8")}
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(_error_body(message), status_code=status)
 
 
 def _now() -> str:
@@ -103,14 +91,14 @@ async def _respond(
             async for event in events:
                 collected.append(event)
         except ApiError as error:
-            return _error(error.status, error.message)
+            return error_response(error.status, error.message)
         return JSONResponse(combine(collected))
     try:
         first = await events.__anext__()
     except StopAsyncIteration:
         return Response(b"", media_type=NDJSON)
     except ApiError as error:
-        return _error(error.status, error.message)
+        return error_response(error.status, error.message)
 
     async def lines() -> AsyncIterator[bytes]:
         yield json.dumps(first).encode() + b"\n"
@@ -118,7 +106,7 @@ async def _respond(
             async for event in events:
                 yield json.dumps(event).encode() + b"\n"
         except ApiError as error:
-            yield json.dumps(_error_body(error.message)).encode() + b"\n"
+            yield json.dumps(error_body(error.message)).encode() + b"\n"
         finally:
             await events.aclose()
 
@@ -184,7 +172,6 @@ class Engine:
     def _capabilities(self, manifest: Manifest, info: GGUFInfo | None = None) -> list[str]:
         """The model's capabilities (capabilities.py), cached per model and template layer: the files are read
         only on a miss (`info`, when the caller has read the model's header already)."""
-        from harness.engine.prompt import ollama_template
 
         model_layer, template_layer = manifest.layer(MEDIA_MODEL), manifest.layer(MEDIA_TEMPLATE)
         assert model_layer is not None
@@ -221,6 +208,10 @@ class Engine:
         if asked); give it back with `scheduler.release`."""
         options = self._options(manifest, body)
         return await self._acquire(self._model_request(manifest, options, self._keep_alive(body), embedding))
+
+    async def release(self, model: LoadedModel) -> None:
+        """Give back a slot taken with `acquire_for`."""
+        await self.scheduler.release(model)
 
     def _layer_text(self, manifest: Manifest, media_type: str) -> str | None:
         layer = manifest.layer(media_type)
@@ -424,8 +415,6 @@ class Engine:
         if body.get("raw"):
             text = prompt
         else:
-            from harness.engine.prompt import render_generate
-
             template = body.get("template") or self._layer_text(manifest, MEDIA_TEMPLATE)
             try:
                 text = render_generate(
@@ -461,7 +450,6 @@ class Engine:
             check_request("chat", raw_name, self._capabilities(manifest), body)
         if not messages:
             return await self._load_or_unload(manifest, body, message(""))
-        from harness.engine.prompt import render_chat
 
         try:
             text = render_chat(
@@ -634,71 +622,3 @@ def _modelfile_text(
             lines.append(f"PARAMETER {key} {json.dumps(item) if isinstance(item, str) else item}")
     lines.extend(f'LICENSE """{text}"""' for text in licenses)
     return "\n".join(lines) + "\n"
-
-
-def _handler(method: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            response: Response = await method(request)
-        except ApiError as error:
-            return _error(error.status, error.message)
-        return response
-
-    return endpoint
-
-
-NO_REGISTRY = {
-    "/api/pull": "pull model manifest: the embedded engine has no registry to pull from; "
-    "create the model from a GGUF file instead (POST /api/blobs/:digest, then /api/create with files)",
-    "/api/push": "the embedded engine has no registry to push to; push from a real Ollama server",
-}
-
-
-async def _no_registry(request: Request) -> Response:
-    """/api/pull and /api/push: this engine has no registry, and says so (Ollama would try the network)."""
-    return _error(500, NO_REGISTRY[request.url.path])
-
-
-def build_app(config: EngineConfig) -> Starlette:
-    """The ASGI app; runners are stopped when the app shuts down."""
-    engine = Engine(config)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info("Listening on %s:%d (version %s)", config.host, config.port, ENGINE_VERSION)
-        try:
-            yield
-        finally:
-            await engine.shutdown()
-
-    routes = [
-        gin_route("/", _handler(engine.root), ["GET", "HEAD"]),
-        gin_route("/api/version", _handler(engine.version), ["GET", "HEAD"]),
-        gin_route("/api/tags", _handler(engine.tags), ["GET", "HEAD"]),
-        gin_route("/api/ps", _handler(engine.ps), ["GET"]),
-        gin_route("/api/show", _handler(engine.show), ["POST"]),
-        gin_route("/api/delete", _handler(engine.delete), ["DELETE"]),
-        gin_route("/api/copy", _handler(engine.copy), ["POST"]),
-        gin_route("/api/blobs/{digest}", _handler(engine.head_blob), ["HEAD"]),
-        gin_route("/api/blobs/{digest}", _handler(engine.create_blob), ["POST"]),
-        gin_route("/api/create", _handler(engine.create), ["POST"]),
-        gin_route("/api/generate", _handler(engine.generate), ["POST"]),
-        gin_route("/api/chat", _handler(engine.chat), ["POST"]),
-        gin_route("/api/embed", _handler(engine.embed), ["POST"]),
-        gin_route("/api/embeddings", _handler(engine.legacy_embeddings), ["POST"]),
-        gin_route("/harness/runners", _handler(engine.runners), ["GET"]),
-        *(gin_route(path, _no_registry, ["POST"]) for path in NO_REGISTRY),
-        *openai_routes(engine),
-    ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={404: page_not_found, 405: method_not_allowed},
-        middleware=[
-            Middleware(TrailingSlashRedirect, routes=routes),
-            Middleware(AccessMiddleware, bind_host=config.host, origins=allowed_origins(config.origins)),
-        ],
-    )
-    app.router.redirect_slashes = False  # gin's trailing-slash redirect is routing.TrailingSlashRedirect
-    app.state.engine = engine
-    return app

@@ -21,8 +21,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from harness.engine.create import ApiError
 from harness.engine.names import ModelName
+from harness.engine.routing import ApiError
 
 
 def model_capabilities(*, pooling: bool, template_vars: Iterable[str]) -> list[str]:

@@ -38,7 +38,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; every runner is stopped on the way out."""
     import uvicorn
 
-    from harness.engine.app import build_app
+    from harness.engine.routes import build_app
 
     config = EngineConfig.from_env()
     if args.host:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, human_parameter_size, is_gguf, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.routing import ApiError
 from harness.engine.store import (
     CONFIG_MEDIA_TYPE,
     MEDIA_LICENSE,
@@ -29,19 +30,13 @@ from harness.engine.store import (
     normalize_digest,
 )
 from harness.errors import HarnessError
+from harness.gguf.check import check_gguf, loads_but_wrong
+from harness.gguf.llamacpp import trial_load
 from harness.gguf.reader import read_gguf_header
+from harness.modelfile.gotemplate import parse_template
 
 if TYPE_CHECKING:
     from harness.gguf.quantize import Quantization
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status and Ollama's error text."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _valid_relative_path(name: str) -> bool:
@@ -104,8 +99,6 @@ class ModelCreator:
                 raise ApiError(400, "invalid digest format") from None
         template = body.get("template")
         if template:
-            from harness.engine.gotemplate import parse_template
-
             try:
                 parse_template(template)
             except ValueError as error:
@@ -192,7 +185,9 @@ class ModelCreator:
     def _quantization(self, digest: str, requested: str) -> Quantization:
         """What quantizing the model blob to `requested` means; Ollama's errors as 500s (they come from its
         createModel, after the request was accepted)."""
-        from harness.gguf.quantize import plan_quantization
+        from harness.gguf.quantize import (
+            plan_quantization,  # numpy and ggml through ctypes: only a create that quantizes pays for them
+        )
 
         try:
             return plan_quantization(read_gguf_header(self.store.blob_path(digest)), requested)
@@ -201,7 +196,9 @@ class ModelCreator:
 
     def _write_quantized(self, digest: str, requested: str) -> str:
         """Write the quantized copy of a model blob into the store; returns its digest."""
-        from harness.gguf.quantize import quantize_gguf
+        from harness.gguf.quantize import (
+            quantize_gguf,  # numpy and ggml through ctypes: only a create that quantizes pays for them
+        )
 
         fd, temp_name = tempfile.mkstemp(dir=self.store.blobs, prefix=".quantize-", suffix=".gguf")
         os.close(fd)
@@ -257,8 +254,6 @@ def _validation_failure(path: Path) -> str | None:
     load (in a subprocess), else None: the file is valid. Errors llama.cpp loads anyway (an out-of-range
     special token id, a chat template that fails one conversation...: check.LOADS_BUT_WRONG) do not stop a
     create, as they do not stop Ollama's."""
-    from harness.gguf.check import check_gguf, loads_but_wrong
-    from harness.gguf.llamacpp import trial_load
 
     report = check_gguf(path, deep=path.stat().st_size <= DEEP_CHECK_MAX_BYTES)
     refused = [finding for finding in report.errors if not loads_but_wrong(finding)]

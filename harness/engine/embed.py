@@ -37,13 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from starlette.responses import JSONResponse, Response
 
-from harness.engine.create import ApiError
 from harness.engine.godecode import ANY, BOOL, INT, STRING, GoDecodeError, GoField, check_field_types
+from harness.engine.routing import ApiError
 from harness.engine.runner import RunnerDiedError, RunnerProcess, RunnerRequestError
+from harness.gguf.reader import read_gguf_header
 
 if TYPE_CHECKING:
-    from harness.engine.app import Engine
     from harness.engine.scheduler import LoadedModel
+    from harness.engine.service import ModelService
 
 OPTIONS = GoField("map[string]interface {}")
 EMBED_REQUEST_FIELDS: Mapping[str, GoField] = {
@@ -188,7 +189,6 @@ def raw_legacy_embeddings(metadata: Mapping[str, object]) -> bool:
 @functools.lru_cache(maxsize=32)
 def embedding_facts(model_path: Path) -> EmbeddingFacts:
     """The facts of a model blob (blobs are content-addressed, so they are read once)."""
-    from harness.gguf.reader import read_gguf_header
 
     header = read_gguf_header(model_path)
     metadata = {key: entry.value for key, entry in header.kvs.items()}
@@ -233,13 +233,13 @@ async def _embed_text(
 class Embeddings:
     """The two endpoints, on the engine's model lookup, scheduler and errors."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ModelService) -> None:
         self.engine = engine
 
     async def _release(self, model: LoadedModel, failed: bool) -> None:
         if failed:
             model.broken = True
-        await self.engine.scheduler.release(model)
+        await self.engine.release(model)
 
     async def embed(self, body: dict[str, Any]) -> Response:
         """POST /api/embed."""

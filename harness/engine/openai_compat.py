@@ -66,7 +66,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from harness.engine.create import ApiError
 from harness.engine.godecode import (
     ANY,
     BOOL,
@@ -81,10 +80,10 @@ from harness.engine.godecode import (
     json_kind,
 )
 from harness.engine.names import InvalidNameError, ModelName
-from harness.engine.routing import gin_route
+from harness.engine.routing import ApiError, gin_route
 
 if TYPE_CHECKING:
-    from harness.engine.app import Engine
+    from harness.engine.service import OllamaHandlers
 
 SYSTEM_FINGERPRINT = "fp_ollama"
 REASONING_EFFORTS = ("high", "medium", "low", "none")
@@ -628,7 +627,7 @@ def _translated(
 class OpenAICompat:
     """The /v1 handlers: OpenAI requests run through the engine's own /api handlers."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: OllamaHandlers) -> None:
         self.engine = engine
 
     async def chat_completions(self, request: Request) -> Response:
@@ -684,7 +683,7 @@ class OpenAICompat:
         )
 
 
-def openai_routes(engine: Engine) -> list[Route]:
+def openai_routes(engine: OllamaHandlers) -> list[Route]:
     """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
     compat = OpenAICompat(engine)
     return [

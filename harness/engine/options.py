@@ -7,54 +7,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger("harness.engine")
+from harness.modelfile.options import LOAD_DEFAULTS, OPTION_KINDS, RUNTIME_DEFAULTS
 
-RUNTIME_DEFAULTS: dict[str, Any] = {
-    "num_keep": 4,
-    "seed": -1,
-    "num_predict": -1,
-    "top_k": 40,
-    "top_p": 0.9,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "repeat_last_n": 64,
-    "temperature": 0.8,
-    "repeat_penalty": 1.0,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "stop": [],
-}
-LOAD_DEFAULTS: dict[str, Any] = {
-    "num_ctx": 0,  # 0: the engine's default (OLLAMA_CONTEXT_LENGTH)
-    "num_batch": 512,
-    "num_gpu": -1,
-    "main_gpu": 0,
-    "use_mmap": True,
-    "num_thread": 0,
-}
-_INT_OPTIONS = {
-    "num_keep",
-    "seed",
-    "num_predict",
-    "top_k",
-    "repeat_last_n",
-    "num_ctx",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "num_thread",
-}
-_FLOAT_OPTIONS = {
-    "top_p",
-    "min_p",
-    "typical_p",
-    "temperature",
-    "repeat_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-}
-_BOOL_OPTIONS = {"use_mmap"}
-_LIST_OPTIONS = {"stop"}
+log = logging.getLogger("harness.engine")
 
 
 class OptionError(ValueError):
@@ -62,19 +17,20 @@ class OptionError(ValueError):
 
 
 def _coerce(key: str, value: Any) -> Any:
-    if key in _INT_OPTIONS:
+    kind = OPTION_KINDS.get(key)
+    if kind == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f'option "{key}" must be of type integer')
         return int(value)
-    if key in _FLOAT_OPTIONS:
+    if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f'option "{key}" must be of type float')
         return float(value)
-    if key in _BOOL_OPTIONS:
+    if kind == "bool":
         if not isinstance(value, bool):
             raise OptionError(f'option "{key}" must be of type boolean')
         return value
-    if key in _LIST_OPTIONS:
+    if kind == "list":
         if isinstance(value, str):
             return [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -22,7 +22,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.engine.gotemplate import GoStruct, GoTemplate, parse_template
+from harness.modelfile.gotemplate import GoStruct, GoTemplate, parse_template
 
 __all__ = ["DEFAULT_TEMPLATE", "collate", "ollama_template", "render_chat", "render_generate"]
 

@@ -17,11 +17,35 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 METHOD_TREE_ORDER = ("HEAD", "GET", "POST", "DELETE")
+
+
+class ApiError(Exception):
+    """An error answer from any route: HTTP status and Ollama's error text (the handlers turn it into
+    `{"error": ...}`)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_body(message: str) -> dict[str, str]:
+    """The `{"error": ...}` object for a message; every error text leaves the engine through here.
+
+    Texts can carry bytes that are not UTF-8 (the GGUF reader keeps them as surrogate escapes in tensor
+    names and keys); they are shown backslash-escaped so that the answer stays valid UTF-8 JSON.
+    """
+    return {"error": message.encode("utf-8", "backslashreplace").decode("utf-8")}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """Ollama's error answer: `{"error": message}` with `status`."""
+    return JSONResponse(error_body(message), status_code=status)
 
 
 def gin_route(path: str, endpoint: Callable[..., Any], methods: Sequence[str]) -> Route:

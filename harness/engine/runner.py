@@ -45,19 +45,11 @@ from typing import Any
 import httpx
 import psutil
 
+from harness.gguf.llamacpp import ollama_cause_line
+
 log = logging.getLogger("harness.engine")
 
 _PR_SET_PDEATHSIG = 1
-# Lines of llama.cpp's stderr that carry the cause of a failed load, in the order Ollama prefers them.
-_CAUSE_MARKERS = (
-    "error loading model",
-    "GGML_ASSERT",
-    "gguf_init_from_",
-    "llama_model_load_from_file",
-    "error:",
-)
-# llama.cpp's log prefix: an optional timestamp, then the level letter.
-_QUIET_LINE = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?[ID] ")
 # Ollama's `bufferSizeRegex` (llm/llama_server.go): `<component>: <backend> <kind> buffer size = X MiB`.
 _BUFFER_SIZE = re.compile(
     r"^[^\n:]*?([A-Za-z_]\w*):\s+(\S+)\s+(model|KV|compute|output|RS)\s+buffer size\s*=\s*([\d.]+)\s*MiB",
@@ -112,18 +104,6 @@ class RunnerRequestError(RuntimeError):
         self.status = status
 
 
-def extract_cause(stderr_text: str) -> str:
-    """llama.cpp's cause line from a runner's stderr, from the marker on (e.g. `error loading model: ...`).
-    Info and debug lines (level letter I or D) are skipped: at verbosity 4 they name the same functions."""
-    lines = [line for line in stderr_text.splitlines() if not _QUIET_LINE.match(line)]
-    for marker in _CAUSE_MARKERS:
-        for line in lines:
-            index = line.find(marker)
-            if index >= 0:
-                return line[index:].strip()
-    return ""
-
-
 def buffer_bytes(stderr_text: str) -> int | None:
     """The sum of llama.cpp's logged buffer sizes (model, KV, compute, output, RS), as Ollama's
     `memoryParsingWriter` adds them: keyed by (component, backend, kind), a repeated line replaces the
@@ -137,7 +117,7 @@ def buffer_bytes(stderr_text: str) -> int | None:
 
 def termination_message(returncode: int | None, stderr_text: str) -> str:
     """Ollama 0.33's wording for a runner that exited before becoming ready."""
-    cause = extract_cause(stderr_text)
+    cause = ollama_cause_line(stderr_text)
     if returncode is not None and returncode > 0:
         status = f"exit status {returncode}"
     elif returncode is not None and returncode < 0:
@@ -228,14 +208,16 @@ class RunnerProcess:
             raise
         except asyncio.TimeoutError:
             await _kill(process)
-            cause = extract_cause(log_path.read_text(errors="replace"))
+            cause = ollama_cause_line(log_path.read_text(errors="replace"))
             message = f"timed out waiting for llama-server to start - {cause}".rstrip(" -")
             raise RunnerLoadError(message, cause) from None
         if not line.startswith(b"READY "):
             returncode = await process.wait()
             stderr_text = log_path.read_text(errors="replace")
             log_path.unlink()
-            raise RunnerLoadError(termination_message(returncode, stderr_text), extract_cause(stderr_text))
+            raise RunnerLoadError(
+                termination_message(returncode, stderr_text), ollama_cause_line(stderr_text)
+            )
         url = line.decode().split(" ", 1)[1].strip()
         buffers = buffer_bytes(await _load_log(log_path))
         log.info(

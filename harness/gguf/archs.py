@@ -11,8 +11,9 @@ a key rather than a default. Types are written as llama.cpp prints them: u32, i3
 arr[str], arr[i32]...
 
 Sources: llama.cpp src/llama-model.cpp (load_hparams, load_tensors), src/llama-vocab.cpp, gguf-py
-constants (see LLAMACPP-GGUF-REFERENCE.md). Architectures llama.cpp knows but that have no entry here are
-still checked for the keys every architecture needs (`COMMON_KEYS`), their tokenizer and file structure.
+constants (gguf/constants.py: MODEL_TENSORS, Keys). Architectures llama.cpp knows but that have no entry
+here are still checked for the keys every architecture needs (`COMMON_KEYS`), their tokenizer and file
+structure.
 """
 
 from __future__ import annotations

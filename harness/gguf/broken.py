@@ -5,7 +5,8 @@ before it is written with `write_gguf`; truncations and a bad magic edit the byt
 records the finding code the checker must put first and what llama.cpp does with the same file:
 `llama_cause` is a substring of llama.cpp's cause line, `ABORT` when llama.cpp aborts the process
 (GGML_ASSERT), or None when llama.cpp loads the file without complaint. Causes were observed with
-xllamacpp 2026.10 and Ollama 0.24/0.33 (XLLAMACPP-MEASURED.md, OLLAMA-OBSERVED.md).
+xllamacpp 2026.10 and Ollama 0.24/0.33; tests/test_gguf_check.py runs llama.cpp on each file to keep
+them true.
 """
 
 from __future__ import annotations

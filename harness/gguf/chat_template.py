@@ -169,8 +169,8 @@ def compare_with_go_template(
     SYSTEM) differs from the Jinja template's for the standard conversation; None when they agree. A
     leading BOS text in the Jinja output is ignored (Ollama adds BOS as a token, not as text)."""
     # The Go-template renderer lives with the engine; imported here only (start-up time of a plain check).
-    from harness.engine.gotemplate import TemplateError
     from harness.engine.prompt import render_chat
+    from harness.modelfile.gotemplate import TemplateError
 
     jinja_prompt = render_chat_template(
         template, STANDARD_CONVERSATION, bos_token=bos_token, eos_token=eos_token

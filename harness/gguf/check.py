@@ -50,7 +50,7 @@ from harness.gguf.reader import (
     read_gguf_header,
 )
 from harness.gguf.types import F32 as F32_TYPE
-from harness.gguf.types import TENSOR_TYPES
+from harness.gguf.types import GGML_TYPES
 
 Severity = Literal["error", "warning", "info"]
 
@@ -899,7 +899,7 @@ class _Checker:
 
     def _check_tensor_types(self) -> None:
         for tensor in self.header.tensors:
-            known = TENSOR_TYPES.get(tensor.ggml_type)
+            known = GGML_TYPES.get(tensor.ggml_type)
             if known is None:
                 continue  # reported as bad-tensor-type by check_layout
             if known.is_integer:
@@ -994,7 +994,7 @@ class _Checker:
                 nbytes = tensor.nbytes
                 if nbytes is None or header.data_offset + tensor.offset + nbytes > header.file_size:
                     continue
-                if TENSOR_TYPES[tensor.ggml_type].is_integer:
+                if GGML_TYPES[tensor.ggml_type].is_integer:
                     continue  # integer tensors cannot hold NaN
                 counts = count_non_finite(handle, tensor, header.data_offset)
                 if counts is None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import GGUFReadError, HarnessError
-from harness.gguf.spec import TENSOR_TYPES, list_profiles, load_profile
+from harness.gguf.spec import list_profiles, load_profile
+from harness.gguf.types import TENSOR_TYPES
 
 if TYPE_CHECKING:
     from harness.gguf.check import CheckReport, GoTemplate
@@ -95,7 +96,7 @@ def register_check(gguf_commands: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from harness.gguf.check import check_gguf
+    from harness.gguf.check import check_gguf  # start-up: each sub-command imports what it runs
 
     output = "json" if args.json else args.format
     files = gguf_files(args.paths)
@@ -222,10 +223,9 @@ def register_fix(gguf_commands: Any) -> None:
 
 
 def run_fix(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from harness.gguf.fix_plan import FixOptions, plan_fix
-    from harness.gguf.fix_write import write_fix
+    from harness.gguf.fix_plan import FixOptions, plan_fix  # start-up: each sub-command imports what it runs
+    from harness.gguf.fix_write import write_fix  # start-up: each sub-command imports what it runs
 
     options = FixOptions(
         set_values=tuple(args.set_values),

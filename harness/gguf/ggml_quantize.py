@@ -55,7 +55,7 @@ def _library() -> ctypes.CDLL:
     return library
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity where the OS has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
@@ -85,7 +85,7 @@ def quantize_rows(
             library.ggml_quantize_init(int(qtype))
             _initialized.add(int(qtype))
     out = np.empty((n_rows, n_per_row // block_size * type_size), dtype=np.uint8)
-    workers = min(threads or _usable_cpus(), max(1, rows.size // MIN_VALUES_PER_THREAD), n_rows)
+    workers = min(threads or usable_cpus(), max(1, rows.size // MIN_VALUES_PER_THREAD), n_rows)
     bounds = [n_rows * i // workers for i in range(workers + 1)]
 
     def run(first: int, last: int) -> None:

@@ -39,6 +39,18 @@ N_THREADS = 2
 # its worker thread, so it must never run.
 _LIVE_SERVERS: list[Any] = []
 
+# Markers of the line of llama.cpp's stderr that carries the cause of a failed load, in the order Ollama
+# prefers them (`ollama_cause_line`).
+_CAUSE_MARKERS = (
+    "error loading model",
+    "GGML_ASSERT",
+    "gguf_init_from_",
+    "llama_model_load_from_file",
+    "error:",
+)
+# llama.cpp's log prefix: an optional timestamp, then the level letter.
+_QUIET_LINE = re.compile(r"^(?:\d+\.\d+\.\d+\.\d+ )?[ID] ")
+# The innermost cause (`extract_cause`): the text after the last of llama.cpp's nested prefixes.
 _CAUSE_PATTERNS = (
     re.compile(
         r"error loading model(?: hyperparameters| vocabulary)?: "
@@ -51,7 +63,7 @@ _CAUSE_PATTERNS = (
 
 
 @dataclass(frozen=True)
-class LoadResult:
+class TrialLoad:
     """Outcome of a trial load: `cause` is llama.cpp's own cause line when it failed."""
 
     ok: bool
@@ -88,11 +100,25 @@ def extract_cause(stderr: str) -> str | None:
     return None
 
 
-def trial_load(path: str | os.PathLike[str], *, n_ctx: int = 256, timeout: float = 60.0) -> LoadResult:
+def ollama_cause_line(stderr_text: str) -> str:
+    """llama.cpp's cause line from its stderr, from the marker on, as Ollama quotes it in its errors (e.g.
+    `error loading model: error loading model hyperparameters: ...`; `extract_cause` gives the innermost
+    part).
+    Info and debug lines (level letter I or D) are skipped: at verbosity 4 they name the same functions."""
+    lines = [line for line in stderr_text.splitlines() if not _QUIET_LINE.match(line)]
+    for marker in _CAUSE_MARKERS:
+        for line in lines:
+            index = line.find(marker)
+            if index >= 0:
+                return line[index:].strip()
+    return ""
+
+
+def trial_load(path: str | os.PathLike[str], *, n_ctx: int = 256, timeout: float = 60.0) -> TrialLoad:
     """Load `path` in llama.cpp in a child process; never raises for a bad model file."""
     outcome = _run_child(["load", str(path), "--n-ctx", str(n_ctx)], timeout)
     ok = outcome.result is not None and bool(outcome.result.get("ok"))
-    return LoadResult(
+    return TrialLoad(
         ok=ok,
         cause=None if ok else _failure_cause(outcome, timeout),
         stderr=outcome.stderr,

@@ -11,25 +11,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
+from gguf import GGMLQuantizationType, GGUFValueType, Keys
 from gguf.quants import quantize
 
 from harness.gguf import weights
 from harness.gguf.spec import ModelSpec
+from harness.gguf.types import BUILD_FILE_TYPES, BUILD_TYPES, tensor_nbytes
 from harness.gguf.vocab import Vocab, build_vocab, text_units
 
 GGUF_HEADER_BYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, KV count
 DEFAULT_ALIGNMENT = 32
 GGML_QUANT_VERSION = 2
-
-GGML_TYPES = {
-    "f32": GGMLQuantizationType.F32,
-    "f16": GGMLQuantizationType.F16,
-    "q8_0": GGMLQuantizationType.Q8_0,
-    "q4_0": GGMLQuantizationType.Q4_0,
-}
-# general.file_type (llama_ftype) for a file whose 2-D weights all have the given type.
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}
 
 _SCALAR_SIZES = {
     GGUFValueType.UINT8: 1,
@@ -69,13 +61,6 @@ def _value_nbytes(value: object, vtype: GGUFValueType, sub_type: GGUFValueType |
             sub_type = GGUFValueType.get_type(items[0])
         return 4 + 8 + sum(_value_nbytes(item, sub_type, None) for item in items)
     return _SCALAR_SIZES[vtype]
-
-
-def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
-    """Bytes of a tensor of numpy `shape` stored as `ggml_type` (rows of whole blocks)."""
-    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    n_elements = int(np.prod(shape, dtype=np.int64))
-    return n_elements // block_size * type_size
 
 
 def ggml_pad(n: int, alignment: int) -> int:
@@ -173,7 +158,7 @@ def _vocab_words(spec: ModelSpec) -> list[str]:
 
 
 def _tensor_plan(recipe: weights.TensorRecipe, tensor_type: str) -> TensorPlan:
-    ggml_type = GGMLQuantizationType.F32 if len(recipe.shape) == 1 else GGML_TYPES[tensor_type]
+    ggml_type = GGMLQuantizationType.F32 if len(recipe.shape) == 1 else BUILD_TYPES[tensor_type]
 
     def chunks() -> Iterator[np.ndarray]:
         for block in recipe.chunks():
@@ -197,7 +182,7 @@ def _metadata(spec: ModelSpec, vocab: Vocab) -> dict[str, KV]:
     kvs = {
         Keys.General.ARCHITECTURE: KV(arch, string),
         Keys.General.NAME: KV(spec.name, string),
-        Keys.General.FILE_TYPE: KV(FILE_TYPES[spec.tensor_type], u32),
+        Keys.General.FILE_TYPE: KV(BUILD_FILE_TYPES[spec.tensor_type], u32),
         Keys.General.QUANTIZATION_VERSION: KV(GGML_QUANT_VERSION, u32),
         Keys.LLM.VOCAB_SIZE.format(arch=arch): KV(len(vocab), u32),
         Keys.LLM.CONTEXT_LENGTH.format(arch=arch): KV(spec.context_length, u32),

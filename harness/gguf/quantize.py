@@ -31,34 +31,15 @@ from harness.gguf.fix_values import kv_from_entry
 from harness.gguf.ggml_quantize import quantize_rows
 from harness.gguf.plan import KV, GGUFPlan, TensorPlan
 from harness.gguf.reader import GGUFHeader, TensorInfo
+from harness.gguf.types import (
+    DEFAULT_TENSOR_TYPES,
+    OLLAMA_FILE_TYPES,
+    OLLAMA_LISTED_TYPES,
+    SOURCE_FILE_TYPES,
+    UNQUANTIZED,
+)
 
 T = GGMLQuantizationType
-# Ollama's `ParseFileType`: the names it accepts (upper case), and the file type each one means.
-OLLAMA_FILE_TYPES = {
-    "F32": LlamaFileType.ALL_F32,
-    "F16": LlamaFileType.MOSTLY_F16,
-    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
-    "Q4_K_S": LlamaFileType.MOSTLY_Q4_K_S,
-    "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M,
-    "Q4_K": LlamaFileType.MOSTLY_Q4_K_M,
-    "BF16": LlamaFileType.MOSTLY_BF16,
-}
-OLLAMA_LISTED_TYPES = "F32, F16, Q4_K_S, Q4_K_M, Q8_0"  # what its error message lists
-SOURCE_FILE_TYPES: dict[int, str] = {
-    LlamaFileType.ALL_F32: "F32",
-    LlamaFileType.MOSTLY_F16: "F16",
-    LlamaFileType.MOSTLY_BF16: "BF16",
-}
-# Ollama's FileType.ToTensorType: the type a file type's weight matrices get by default.
-DEFAULT_TENSOR_TYPES = {
-    LlamaFileType.ALL_F32: T.F32,
-    LlamaFileType.MOSTLY_F16: T.F16,
-    LlamaFileType.MOSTLY_BF16: T.BF16,
-    LlamaFileType.MOSTLY_Q8_0: T.Q8_0,
-    LlamaFileType.MOSTLY_Q4_K_S: T.Q4_K,
-    LlamaFileType.MOSTLY_Q4_K_M: T.Q4_K,
-}
-UNQUANTIZED = (T.F32, T.F16, T.BF16)
 FALLBACK_TYPES = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}  # rows that do not split into 256s
 BLOCK_BYTES = 8 << 20  # source bytes read per block of rows
 # Weights Ollama never quantizes (substrings of the tensor name), besides norms, 1D tensors and non-weights.

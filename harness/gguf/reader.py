@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from harness.errors import GGUFReadError
 from harness.gguf.types import DEFAULT_ALIGNMENT as GGUF_DEFAULT_ALIGNMENT
-from harness.gguf.types import TENSOR_TYPES
+from harness.gguf.types import GGML_TYPES
 from harness.gguf.types import ValueType as GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
@@ -125,12 +125,12 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        known = TENSOR_TYPES.get(self.ggml_type)
+        known = GGML_TYPES.get(self.ggml_type)
         return known.name if known else f"type {self.ggml_type}"
 
     @property
     def known_type(self) -> bool:
-        return self.ggml_type in TENSOR_TYPES
+        return self.ggml_type in GGML_TYPES
 
     @property
     def n_elements(self) -> int:
@@ -141,13 +141,13 @@ class TensorInfo:
 
     @property
     def block_size(self) -> int | None:
-        known = TENSOR_TYPES.get(self.ggml_type)
+        known = GGML_TYPES.get(self.ggml_type)
         return known.block_size if known else None
 
     @property
     def nbytes(self) -> int | None:
         """Bytes of data, or None for an unknown type (python ints: no overflow on hostile shapes)."""
-        known = TENSOR_TYPES.get(self.ggml_type)
+        known = GGML_TYPES.get(self.ggml_type)
         if known is None:
             return None
         return self.n_elements // known.block_size * known.type_size

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import SpecError
+from harness.gguf.types import QUANT_BLOCK_SIZE, QUANTIZED_TYPES, TENSOR_TYPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,9 +27,6 @@ else:  # pragma: no cover - Python 3.10
 # so cached files built by older code are not reused.
 BUILDER_VERSION = 1
 
-TENSOR_TYPES = ("f32", "f16", "q8_0", "q4_0")
-QUANTIZED_TYPES = ("q8_0", "q4_0")
-QUANT_BLOCK_SIZE = 32
 WEIGHT_RECIPES = ("random", "oracle")
 ARCHITECTURES = ("llama",)
 

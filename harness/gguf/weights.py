@@ -4,7 +4,8 @@
   so the same spec gives the same bytes). The `output` rows of control, unknown and byte tokens are zero,
   so their logits are exactly 0, while the max over hundreds of random word-piece logits is positive with
   overwhelming probability: greedy decoding emits word pieces only, never lone byte tokens (which break
-  real Ollama's streaming, see OLLAMA-OBSERVED.md) and never EOS. Sampling at temperature > 0 can still
+  real Ollama 0.33's streaming: llama-server rejects the output and the stream ends without done)
+  and never EOS. Sampling at temperature > 0 can still
   pick them.
 - `oracle`: attention and FFN outputs are zero (`attn_output`, `ffn_down`), so each token's embedding passes
   unchanged through the residual stream; chain tokens get orthonormal embedding directions and the
@@ -27,6 +28,7 @@ from gguf.quants import dequantize, quantize
 
 from harness.errors import BuildError, SpecError
 from harness.gguf.spec import ModelSpec
+from harness.gguf.types import BUILD_TYPES
 from harness.gguf.vocab import Vocab
 
 CHUNK_VALUES = 1 << 20  # values per produced row block (4 MiB of float32)
@@ -206,9 +208,7 @@ def oracle_margins(spec: ModelSpec, vocab: Vocab) -> list[float]:
     """Per decoding step, the logit of the right successor minus the best other logit, simulated in numpy
     for the spec's tensor type (weights quantized and dequantized; activations rounded as llama.cpp's CPU
     matmul does: F16 for f16 weights, Q8_0 for q8_0/q4_0 weights)."""
-    from harness.gguf.plan import GGML_TYPES  # local: plan imports this module
-
-    ggml_type = GGML_TYPES[spec.tensor_type]
+    ggml_type = BUILD_TYPES[spec.tensor_type]
     embedding, output = (_roundtrip(m, ggml_type) for m in _oracle_matrices(spec, vocab))
     chain = oracle_chain(spec, vocab)
     margins = []

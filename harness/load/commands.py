@@ -202,7 +202,7 @@ def record_locust_run(
 
 
 def _server_meta(host: str) -> dict[str, Any]:
-    from harness.server.reach import detect_kind
+    from harness.server.reach import detect_kind  # start-up: the engine package is needed only here
 
     return {"host": host, "url": base_url(host), "engine_kind": detect_kind(base_url(host))}
 

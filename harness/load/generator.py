@@ -74,7 +74,7 @@ class RequestSample:
         return asdict(self)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
+def percentiles(values: list[float]) -> dict[str, float | None]:
     """p50/p90/p99 (linear interpolation), mean and count; None where there are no values."""
     result: dict[str, float | None] = dict.fromkeys([f"p{p}" for p in PERCENTILES] + ["mean"])
     result["n"] = 0
@@ -146,7 +146,7 @@ class LoadResult:
         """Percentiles (p50/p90/p99/mean over ok requests), rates, counts, and the client's own cost."""
         ok = [s for s in self.samples if s.outcome == "ok"]
         ok_tokens = sum(s.output_tokens for s in ok)
-        lag = _percentiles(self.loop_lag_s)
+        lag = percentiles(self.loop_lag_s)
         return {
             "mode": self.mode,
             "transport": self.transport,
@@ -157,9 +157,9 @@ class LoadResult:
             "requests": len(self.samples),
             "counts": self.counts(),
             "errors_by_kind": self.errors_by_kind(),
-            "ttft_s": _percentiles([s.ttft_s for s in ok if s.ttft_s is not None]),
-            "itl_s": _percentiles([d for s in ok for d in s.itl_s]),
-            "e2e_s": _percentiles([s.e2e_s for s in ok]),
+            "ttft_s": percentiles([s.ttft_s for s in ok if s.ttft_s is not None]),
+            "itl_s": percentiles([d for s in ok for d in s.itl_s]),
+            "e2e_s": percentiles([s.e2e_s for s in ok]),
             "output_tokens": ok_tokens,
             "output_tokens_per_s": ok_tokens / self.wall_s if self.wall_s > 0 else 0.0,
             "requests_per_s": len(ok) / self.wall_s if self.wall_s > 0 else 0.0,
@@ -169,7 +169,7 @@ class LoadResult:
             "client_cpu_fraction": self.client_cpu_fraction,
             "loop_lag_p99_s": lag["p99"],
             "loop_lag_max_s": max(self.loop_lag_s) if self.loop_lag_s else None,
-            "launch_lag_p99_s": _percentiles(self.launch_lag_s)["p99"],
+            "launch_lag_p99_s": percentiles(self.launch_lag_s)["p99"],
             "client_saturated": self.client_saturated,
             "saturation_reasons": self.saturation_reasons(),
         }
@@ -623,13 +623,3 @@ def _blocking(run: Callable[P, Coroutine[Any, Any, LoadResult]]) -> Callable[P, 
 
 run_closed_loop = _blocking(closed_loop)
 run_open_loop = _blocking(open_loop)
-
-
-def run_concurrency_sweep(
-    host: str, model: str, *, num_parallel: int, requests_per_level: int, **kwargs: Any
-) -> list[LoadResult]:
-    """One blocking closed loop per level of `concurrency_levels(num_parallel)`, in order."""
-    return [
-        run_closed_loop(host, model, concurrency=level, requests=requests_per_level, **kwargs)
-        for level in concurrency_levels(num_parallel)
-    ]

@@ -9,14 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.engine.gotemplate import TemplateError, parse_template
 from harness.errors import ModelfileError
-from harness.modelfile.parse import (
-    MODELFILES_DIR,
-    list_modelfile_templates,
-    parse_modelfile,
-    render_modelfile,
-)
+from harness.modelfile.gotemplate import TemplateError, parse_template
+from harness.modelfile.parse import parse_modelfile
+from harness.modelfile.render import MODELFILES_DIR, list_modelfile_templates, render_modelfile
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,18 +1,12 @@
-"""Modelfiles: render them from jinja2 templates, parse them with Ollama's grammar, turn them into
-`/api/create` fields.
-
-Rendering: `modelfiles/<name>.j2` (or any path) is rendered by a jinja2 `SandboxedEnvironment` with
-`StrictUndefined`, so a missing variable or a syntax error is a `ModelfileError` naming the file and the
-line. Jinja2 keeps its usual delimiters; the Go template text of a TEMPLATE (which also uses `{{ }}`) is
-written inside `{% raw %}...{% endraw %}`. Filters: `quote` (a value as a Modelfile argument, quoted when
-needed), `as_list` (a scalar as a one-item list, for repeated PARAMETERs such as `stop`).
+"""Modelfiles parsed with Ollama's grammar and turned into `/api/create` fields.
 
 Parsing follows Ollama's `parser/parser.go` character by character, with its error texts: commands FROM,
 PARAMETER, TEMPLATE, SYSTEM, ADAPTER, LICENSE, MESSAGE, REQUIRES (and DRAFT, RENDERER, PARSER), any case;
 `#` comments; bare, `"..."` and `\"\"\"...\"\"\"` values; `(line N): command must be one of ...`,
 `(line N): message role must be one of ...`, `unexpected EOF`, `no FROM line`. PARAMETER values are typed
-as `api.FormatParams` types them (`unknown parameter 'x'`, `invalid int value [x]`...), repeated `stop`
-values accumulate, deprecated parameters are dropped with a warning.
+as `api.FormatParams` types them (`unknown parameter 'x'`, `invalid int value [x]`...; the option table is
+`harness.modelfile.options`), repeated `stop` values accumulate, deprecated parameters are dropped with a
+warning.
 
 `Modelfile.to_create_fields` gives the structured `/api/create` body of Ollama >= 0.5.5 (FROM a local file
 -> `files` {basename: digest}, FROM a name -> `from`); `Modelfile.to_legacy_text` gives the Modelfile string
@@ -23,32 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import SandboxedEnvironment
-
 from harness.errors import ModelfileError
-
-__all__ = [
-    "MODELFILES_DIR",
-    "Command",
-    "Modelfile",
-    "format_parameters",
-    "list_modelfile_templates",
-    "parse_modelfile",
-    "quote",
-    "render_modelfile",
-]
-
-MODELFILES_DIR = Path(__file__).resolve().parents[2] / "modelfiles"
-
-# ---------------------------------------------------------------------------------------------- rendering
+from harness.modelfile.options import DEPRECATED_OPTIONS, OPTION_KINDS
 
 
 def quote(value: Any) -> str:
@@ -65,84 +41,6 @@ def quote(value: Any) -> str:
     if '"' in text or "\n" in text or "\r" in text:
         return f'"""{text}"""'
     return f'"{text}"'
-
-
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def list_modelfile_templates(directory: Path = MODELFILES_DIR) -> list[str]:
-    """Names of the shipped Modelfile templates (`modelfiles/<name>.j2`)."""
-    return sorted(path.stem for path in directory.glob("*.j2") if not path.name.startswith("_"))
-
-
-def _template_path(template_name_or_path: str | os.PathLike[str]) -> Path:
-    text = os.fspath(template_name_or_path)
-    candidate = Path(text).expanduser()
-    if candidate.is_file():
-        return candidate.resolve()
-    if "/" in text or os.sep in text or text.endswith(".j2"):
-        raise ModelfileError(
-            f"Modelfile template {text} does not exist",
-            f"give a path to a .j2 file or one of: {', '.join(list_modelfile_templates()) or '(none)'}",
-        )
-    shipped = MODELFILES_DIR / f"{text}.j2"
-    if shipped.is_file():
-        return shipped
-    raise ModelfileError(
-        f"unknown Modelfile template {text!r}",
-        f"use one of: {', '.join(list_modelfile_templates()) or '(none)'}, or a path to a .j2 file",
-    )
-
-
-def _template_line(error: BaseException, filename: str) -> int | None:
-    """The template line an exception was raised at (jinja2 rewrites tracebacks to template lines)."""
-    line = None
-    for frame in traceback.extract_tb(error.__traceback__):
-        if frame.filename == filename:
-            line = frame.lineno
-    return line
-
-
-def render_modelfile(template_name_or_path: str | os.PathLike[str], **variables: Any) -> str:
-    """Render a Modelfile template (a name in `modelfiles/` or a path) with `variables`.
-
-    Raises ModelfileError naming the file and line for a syntax error, a missing variable, or an
-    operation the sandbox forbids.
-    """
-    path = _template_path(template_name_or_path)
-    environment = SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(path.parent)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    environment.filters["quote"] = quote
-    environment.filters["as_list"] = _as_list
-    try:
-        template = environment.get_template(path.name)
-    except jinja2.TemplateSyntaxError as error:
-        raise ModelfileError(
-            f"{path}:{error.lineno}: template syntax error: {error.message}",
-            "fix the jinja2 syntax at that line (Go template text belongs inside {% raw %}...{% endraw %})",
-        ) from None
-    filename = template.filename or str(path)
-    try:
-        return template.render(**variables)
-    except jinja2.UndefinedError as error:
-        line = _template_line(error, filename)
-        raise ModelfileError(
-            f"{path}:{line}: {error.message}",
-            "pass that variable (harness modelfile render ... --var NAME=VALUE; --gguf PATH for gguf_path)",
-        ) from None
-    except (jinja2.TemplateError, ModelfileError) as error:
-        line = _template_line(error, filename)
-        message = error.message if isinstance(error, ModelfileError) else str(error)
-        raise ModelfileError(f"{path}:{line}: {message}", "fix the template at that line") from None
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -333,40 +231,6 @@ _COMMAND_HINT = (
 
 # ---------------------------------------------------------------------------------------------- parameters
 
-# api.Options / api.Runner fields by JSON name (Ollama HEAD) and their Go kinds.
-PARAMETER_TYPES: dict[str, str] = {
-    "num_keep": "int",
-    "seed": "int",
-    "num_predict": "int",
-    "top_k": "int",
-    "top_p": "float",
-    "min_p": "float",
-    "typical_p": "float",
-    "repeat_last_n": "int",
-    "temperature": "float",
-    "repeat_penalty": "float",
-    "presence_penalty": "float",
-    "frequency_penalty": "float",
-    "stop": "list",
-    "num_ctx": "int",
-    "num_batch": "int",
-    "num_gpu": "int",
-    "main_gpu": "int",
-    "use_mmap": "bool",
-    "num_thread": "int",
-    "draft_num_predict": "int",
-}
-DEPRECATED_PARAMETERS = (
-    "penalize_newline",
-    "low_vram",
-    "f16_kv",
-    "logits_all",
-    "vocab_only",
-    "use_mlock",
-    "mirostat",
-    "mirostat_tau",
-    "mirostat_eta",
-)
 _GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True}
 _GO_BOOLS.update({"0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False})
 _GO_FLOAT = re.compile(r"[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf(inity)?|nan)", re.IGNORECASE)
@@ -374,9 +238,9 @@ _GO_FLOAT = re.compile(r"[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf(inity)?|na
 
 def _typed_parameter(name: str, value: str) -> Any:
     """One PARAMETER value typed as Ollama's api.FormatParams types it (same error texts)."""
-    kind = PARAMETER_TYPES.get(name)
+    kind = OPTION_KINDS.get(name)
     if kind is None:
-        raise ModelfileError(f"unknown parameter '{name}'", f"known parameters: {', '.join(PARAMETER_TYPES)}")
+        raise ModelfileError(f"unknown parameter '{name}'", f"known parameters: {', '.join(OPTION_KINDS)}")
     hint = f"PARAMETER {name} takes {'an' if kind == 'int' else 'a'} {kind} value"
     if kind == "int":
         if not re.fullmatch(r"[+-]?\d+", value) or not -(2**63) <= int(value) < 2**63:
@@ -398,7 +262,7 @@ def format_parameters(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     deprecated names are dropped with a warning (as Ollama's CLI does)."""
     parameters: dict[str, Any] = {}
     for name, value in pairs:
-        if name in DEPRECATED_PARAMETERS:
+        if name in DEPRECATED_OPTIONS:
             warnings.warn(f"parameter {name} is deprecated", stacklevel=2)
             continue
         typed = _typed_parameter(name, value)

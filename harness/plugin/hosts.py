@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from harness.errors import HarnessError
-from harness.runs import RunRecorder, _json_default
+from harness.runs import RunRecorder, json_default
 from harness.server.reach import normalize_url
 
 HOSTS_FOLDER = "hosts"  # per-host files (an embedded engine's log) live in <run>/hosts/<host>/
@@ -125,7 +125,7 @@ class WorkerSink:
         """The buffered events as JSON (None when there are none), emptying the buffer."""
         with self._lock:
             events, self._events = self._events, []
-        return json.dumps(events, default=_json_default) if events else None
+        return json.dumps(events, default=json_default) if events else None
 
 
 class HostRecorder:

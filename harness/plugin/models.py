@@ -101,6 +101,7 @@ def gguf_facts(path: Path) -> dict[str, Any]:
     """What `show` should report for a GGUF: family (architecture), quantization level, context length."""
     import gguf
 
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.gguf.reader import read_gguf_header
 
     header = read_gguf_header(path)
@@ -130,6 +131,7 @@ def file_sha256(path: Path) -> str:
 
 def check_user_gguf(path: Path) -> Any:
     """Run the checker on a user's GGUF; raises HarnessError listing the findings when it has errors."""
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.gguf.check import check_gguf
 
     if not path.is_file():
@@ -173,6 +175,7 @@ class ModelFactory:
         builds it in another type than the profile's (the --matrix)."""
         key = f"profile:{profile}:{modelfile}:{tensor_type}"
         if key not in self._by_key:
+            # lazy: pytest loads this plugin in every run; a session's modules load when it starts
             from harness.gguf.build import build_cached
             from harness.gguf.spec import load_profile
 
@@ -204,6 +207,7 @@ class ModelFactory:
         when the server refuses."""
         key = f"gguf:{path}:{modelfile}:{tensor_type}"
         if key not in self._by_key:
+            # lazy: pytest loads this plugin in every run; a session's modules load when it starts
             from harness.plugin.matrix import plan_entry
 
             started = time.perf_counter()
@@ -267,7 +271,9 @@ class ModelFactory:
         started: float | None = None,
     ) -> ModelUnderTest:
         """Create the model (named after its content) unless a kept one of that name is on the server."""
-        from harness.modelfile.parse import parse_modelfile, quote, render_modelfile
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+        from harness.modelfile.parse import parse_modelfile, quote
+        from harness.modelfile.render import render_modelfile
 
         started = time.perf_counter() if started is None else started
         if modelfile_template is None:
@@ -287,6 +293,7 @@ class ModelFactory:
                 )
             except OllamaRequestError as error:
                 if quantize is not None and _refused_quantize(error):
+                    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
                     from harness.plugin.matrix import quantize_refusal
 
                     raise quantize_refusal(

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import HarnessConfig
+import pytest
+
+from harness.config import HarnessConfig, load_config
 from harness.errors import HarnessError
 
 QUALITY_SUITES = ("math", "quantum")
@@ -85,7 +87,7 @@ class SuiteOptions:
         }
 
 
-def parse_threshold(text: str) -> tuple[str, float]:
+def parse_suite_threshold(text: str) -> tuple[str, float]:
     """`SUITE=VALUE` with VALUE a fraction in [0, 1] (or a percentage such as 60%)."""
     suite, sep, value_text = text.partition("=")
     suite = suite.strip()
@@ -111,7 +113,7 @@ def parse_threshold_flags(flags: Sequence[str]) -> dict[str, float]:
     """The `--threshold SUITE=VALUE` flags as a table (a later flag for the same suite wins)."""
     thresholds: dict[str, float] = {}
     for flag in flags:
-        suite, value = parse_threshold(flag)
+        suite, value = parse_suite_threshold(flag)
         if suite not in QUALITY_SUITES:
             raise HarnessError(
                 f"--threshold {flag}: unknown suite {suite!r}",
@@ -134,3 +136,54 @@ def positive_int(text: str | int | None, flag: str, *, minimum: int = 1) -> int 
             f"{flag} {text!r} must be an integer >= {minimum}", f"e.g. {flag} {max(minimum, 3)}"
         )
     return value
+
+
+def options_from_pytest(config: pytest.Config) -> SuiteOptions:
+    """The validated SuiteOptions from the command line and harness.toml; raises HarnessError."""
+    get = config.getoption
+    model, gguf = get("harness_model"), get("harness_gguf")
+    if get("embedded_engine") and get("ollama_host"):
+        raise HarnessError("--embedded-engine and --ollama-host both given", "choose one server to test")
+    if model and gguf:
+        raise HarnessError("--model and --gguf both given", "test an existing model or a GGUF file, not both")
+    timeout = get("request_timeout")
+    try:
+        request_timeout = float(timeout)
+    except ValueError:
+        request_timeout = 0.0
+    if request_timeout <= 0:
+        raise HarnessError(f"--request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120")
+    engine_models_dir = get("engine_models_dir")
+    if model and get("harness_matrix"):
+        raise HarnessError(
+            "--matrix with --model: an existing model has one tensor type",
+            "use --matrix with a fixture profile or with --gguf (an F16/F32 file the server can quantize)",
+        )
+    matrix: tuple[str, ...] = ()
+    if get("harness_matrix") is not None:
+        from harness.plugin.matrix import parse_matrix  # the GGUF package and numpy: only when asked for
+
+        matrix = parse_matrix(get("harness_matrix"), fixture=not gguf)
+    # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+    from harness.plugin.hosts import parse_hosts
+
+    hosts = parse_hosts(get("ollama_host"))
+    return SuiteOptions(
+        host=hosts[0] if hosts else None,
+        hosts=hosts,
+        embedded=bool(get("embedded_engine")),
+        model=model,
+        gguf=Path(gguf).expanduser() if gguf else None,
+        profile=get("harness_profile"),
+        modelfile=get("harness_modelfile"),
+        keep_models=bool(get("keep_models")),
+        run_dir=Path(get("run_dir")),
+        threshold_flags=parse_threshold_flags(get("harness_thresholds")),
+        config=load_config(get("harness_config")),
+        repeats=positive_int(get("repeats"), "--repeats") or 1,
+        max_items=positive_int(get("max_items"), "--max-items"),
+        num_predict=positive_int(get("num_predict"), "--num-predict") or DEFAULT_NUM_PREDICT,
+        request_timeout_s=request_timeout,
+        engine_models_dir=Path(engine_models_dir) if engine_models_dir else None,
+        matrix=matrix,
+    )

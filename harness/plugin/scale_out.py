@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from harness.errors import HarnessError, ServerError
-from harness.plugin.entry import (
+from harness.plugin.hooks import (
     HarnessPlugin,
-    _short_message,
-    _suite_of,
     log_server_time,
-    options_from_pytest,
+    short_message,
+    suite_of,
+    uses_server,
     write_server_time,
 )
 from harness.plugin.hosts import HostRecorder, LocalSink, WorkerSink, host_label, parse_hosts
-from harness.plugin.options import SuiteOptions
+from harness.plugin.options import SuiteOptions, options_from_pytest
 from harness.runs import RunRecorder
 from harness.server.reach import normalize_url, probe
 
@@ -120,6 +120,7 @@ class ScaleOutPlugin(HarnessPlugin):
 
     def session_for(self, host: str | None) -> HarnessSession:
         """The session of one host (None: the single host, or the default resolution), started once."""
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
         from harness.plugin.session import HarnessSession
 
         self.start()
@@ -212,14 +213,14 @@ class ScaleOutPlugin(HarnessPlugin):
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         session = self._session_of(item)
-        if session is not None and session.server_down is not None and _uses_server(item):
+        if session is not None and session.server_down is not None and uses_server(item):
             pytest.fail(f"not run: {session.server_down}", pytrace=False)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         report = yield
         session = self._session_of(item)
-        if session is not None and report.failed and _uses_server(item) and session.server_down is None:
+        if session is not None and report.failed and uses_server(item) and session.server_down is None:
             down = session.check_server()
             if down is not None:
                 item.session.shouldstop = f"{down}; the remaining tests were not run"
@@ -251,9 +252,9 @@ class ScaleOutPlugin(HarnessPlugin):
                 "phase": "worker-crash",
                 "outcome": "failed",
                 "duration_s": round(report.duration, 6),
-                "suite": _suite_of(report.nodeid),
+                "suite": suite_of(report.nodeid),
                 "model": None,
-                "message": _short_message(report),
+                "message": short_message(report),
             }
         if record is not None:
             record["model"] = internal.get(MODEL_PROPERTY) or record.get("model")
@@ -330,9 +331,3 @@ def _host_in_nodeid(nodeid: str, labels: list[str]) -> str | None:
 def _item_host(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     return callspec.params.get("harness_host") if callspec is not None else None
-
-
-def _uses_server(item: pytest.Item) -> bool:
-    from harness.plugin.entry import _uses_server as uses
-
-    return uses(item)

@@ -81,6 +81,7 @@ class HarnessSession:
         session = cls(options, recorder)
         try:
             if options.gguf is not None:
+                # lazy: pytest loads this plugin in every run; a session's modules load when it starts
                 from harness.plugin.models import check_user_gguf
 
                 report = check_user_gguf(options.gguf)
@@ -110,6 +111,7 @@ class HarnessSession:
                 while_starting=import_session_modules,
             )
         )
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
         from harness.server.client import OllamaClient
 
         self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from harness.config import ConfigError, Threshold, load_config, parse_threshold
 from harness.errors import HarnessError
-from harness.report.metrics import build_report, find_baseline, metric_history, metric_names, resolve_run
+from harness.report.compare import build_report, find_baseline, resolve_run
+from harness.report.metrics import metric_history, metric_names
 from harness.report.render import FORMATS, render_history, render_report, render_run_list
 from harness.runs import LATEST_LINK, list_runs, load_run, scan_runs
 
@@ -104,7 +105,7 @@ def run_report(args: argparse.Namespace) -> int:
             )
         print(render_history(args.history, keys, rows, args.format), end="")
         if args.plot:
-            from harness.report.plot import plot_history
+            from harness.report.plot import plot_history  # matplotlib, an optional extra: only for --plot
 
             plot_history(args.history, keys, rows, args.plot)
         return 0
@@ -128,7 +129,7 @@ def run_report(args: argparse.Namespace) -> int:
     )
     print(render_report(report, args.format), end="")
     if args.plot:
-        from harness.report.plot import plot_report
+        from harness.report.plot import plot_report  # matplotlib, an optional extra: only for --plot
 
         plot_report(report, args.plot)
     return report.exit_status

@@ -5,8 +5,8 @@ Records carry `"host"` (harness.plugin); a run with records from two hosts or mo
 part goes through `harness.report's collect_metrics`. Metrics are matched across hosts by the model's digest
 (run.json `hosts.<host>.models`, else the top-level `models` with their host), falling back to the model
 name. A host is flagged when its value is worse than the best host's by more than `HOST_TOLERANCE`
-(relative) and by more than `ABSOLUTE_FLOOR` for its unit, or, for failed tests, when it failed more tests
-than the best host. Percentiles p90/p95 are left out of the table (p50 and p99 are shown).
+(relative) and by more than its unit's `host_floor` (harness.units), or, for failed tests, when it failed
+more tests than the best host. Percentiles p90/p95 are left out of the table (p50 and p99 are shown).
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 
 from harness.report.metrics import FAILED_TEST_OUTCOMES, Metric, collect_metrics
 from harness.runs import RunRecord
+from harness.units import format_value, host_floor
 
 HOST_TOLERANCE = 0.2
-# Differences below these are noise, whatever their ratio (a 0.7 ms vs 0.0 ms inter-token gap).
-ABSOLUTE_FLOOR = {"s": 0.005, "bytes": 16 * 2**20, "fraction": 0.02, "tok/s": 1.0, "req/s": 0.1}
 HIDDEN_SUFFIXES = ("_p90", "_p95")  # left out of the side-by-side table: p50 and p99 say enough
 FAILED_TESTS_METRIC = "tests.failed"
 
@@ -107,7 +106,7 @@ def compare_hosts(run: RunRecord, tolerance: float = HOST_TOLERANCE) -> list[Hos
             lower = metric.better == "lower"
             best = min(present.values()) if lower else max(present.values())
             for host, value in present.items():
-                floor = ABSOLUTE_FLOOR.get(metric.unit, 0.0)
+                floor = host_floor(metric.unit)
                 if metric.unit == "tests":
                     worse = value > best
                 elif lower:
@@ -132,8 +131,6 @@ def host_notes(rows: list[HostRow]) -> list[str]:
 
 def hosts_table(rows: list[HostRow]) -> tuple[list[str], list[list[Any]]]:
     """(headers, rows) for the report: model, metric, one column per host (a flagged value is marked)."""
-    from harness.report.render import format_value
-
     hosts = list(dict.fromkeys(host for row in rows for host in row.values))
     table = []
     for row in rows:

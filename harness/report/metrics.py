@@ -7,38 +7,28 @@ Metric names are `<group>.<subject>.<family>`: `suite.gsm8k.accuracy_strict`, `l
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness.config import ConfigError, HarnessConfig, Threshold, find_threshold
-from harness.errors import RunRecordError
 from harness.report.stats import (
     Direction,
-    Judgement,
     Samples,
-    Verdict,
-    judge,
     mean_statistic,
     percentile_samples,
     ratio_statistic,
 )
-from harness.runs import RunRecord, list_runs, load_run
+from harness.runs import RunRecord
 
 PERCENTILES = (50, 90, 95, 99)
 SHOWN_PERCENTILES = (50, 90, 99)
 SUCCESS_OUTCOMES = frozenset({"ok", "success", "passed"})
 FAILED_TEST_OUTCOMES = frozenset({"failed", "error"})
-# The smallest worsening that can count, per unit: timings move by a millisecond between identical runs on a
-# busy CPU (a tiny model's 0.03 ms inter-token gap is not 3x slower at 0.1 ms).
-NOISE_FLOORS = {"s": 0.001}
 
 
 @dataclass(frozen=True)
@@ -309,214 +299,6 @@ def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
         metrics.extend(memory.metrics())
     identities = model_identities(run)
     return {(identities.get(metric.model, metric.model), metric.name): metric for metric in metrics}
-
-
-# ------------------------------------------------------------------------------------------ baseline
-
-
-def comparable(run: RunRecord, candidate: RunRecord) -> list[str]:
-    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is)."""
-    differences = []
-    if candidate.model_digests != run.model_digests:
-        differences.append("model digests differ")
-    if candidate.engine_kind != run.engine_kind:
-        differences.append(f"engine kind differs ({candidate.engine_kind} vs {run.engine_kind})")
-    if candidate.fingerprint != run.fingerprint:
-        differences.append("host fingerprint differs (other hardware)")
-    return differences
-
-
-def find_baseline(run: RunRecord, reports_dir: str | os.PathLike[str]) -> RunRecord | None:
-    """The newest complete run started before `run` with the same model digests, engine kind and host."""
-    candidates = [
-        candidate
-        for candidate in list_runs(reports_dir)
-        if candidate.complete
-        and candidate.run_id != run.run_id
-        and (candidate.started_at, candidate.run_id) < (run.started_at, run.run_id)
-        and not comparable(run, candidate)
-    ]
-    return load_run(candidates[-1].path) if candidates else None
-
-
-def resolve_run(argument: str, reports_dir: str | os.PathLike[str] | None) -> Path:
-    """A RUN argument as a folder: a path (a run folder, `reports/latest`) or a run id in reports_dir."""
-    given = Path(argument)
-    if given.exists() or reports_dir is None:
-        return given
-    in_reports = Path(reports_dir) / argument
-    if in_reports.exists():
-        return in_reports
-    raise RunRecordError(
-        f"no run folder {argument!r} (looked at {given} and {in_reports})",
-        "pass a run folder or a run id; `harness report --list` lists the runs",
-    )
-
-
-# ------------------------------------------------------------------------------------------ comparison
-
-
-@dataclass(frozen=True)
-class MetricComparison:
-    """One metric side by side: baseline, current, the judgement and the threshold that applied."""
-
-    model: str
-    name: str
-    unit: str
-    better: Direction
-    baseline: float | None
-    current: float | None
-    judgement: Judgement
-    threshold_key: str
-    threshold: Threshold
-
-    @property
-    def verdict(self) -> Verdict:
-        return self.judgement.verdict
-
-
-# Verdicts that claim a real move; a metric measured by a saturated load client is judged "noise" instead.
-_MOVES = ("better", "REGRESSED")
-
-
-def compare_metrics(
-    baseline: Mapping[tuple[str, str], Metric],
-    current: Mapping[tuple[str, str], Metric],
-    config: HarnessConfig,
-    overrides: Mapping[str, Threshold] | None = None,
-) -> list[MetricComparison]:
-    """Judge every metric present in either run (in the current run's order, then the ones that are gone)."""
-    layers = config.threshold_layers(overrides)
-    rows = []
-    for key in [*current, *(key for key in baseline if key not in current)]:
-        base, cur = baseline.get(key), current.get(key)
-        metric = cur or base
-        assert metric is not None
-        threshold_key, threshold = find_threshold(layers, metric.name, metric.family)
-        judgement = judge(
-            base.value if base else None,
-            cur.value if cur else None,
-            metric.better,
-            threshold,
-            baseline_samples=base.samples if base else None,
-            current_samples=cur.samples if cur else None,
-            resamples=config.bootstrap_resamples,
-            confidence=config.confidence,
-            seed=config.seed,
-            floor=NOISE_FLOORS.get(metric.unit, 0.0),
-        )
-        if not (metric.trusted and (base is None or base.trusted)) and judgement.verdict in _MOVES:
-            judgement = replace(judgement, verdict="noise")
-        rows.append(
-            MetricComparison(
-                metric.model,
-                metric.name,
-                metric.unit,
-                metric.better,
-                base.value if base else None,
-                cur.value if cur else None,
-                judgement,
-                threshold_key,
-                threshold,
-            )
-        )
-    return rows
-
-
-def check_threshold_signs(overrides: Mapping[str, Threshold], metrics: Iterable[Metric]) -> None:
-    """Reject a command-line threshold whose sign contradicts the metrics it names (e.g. ttft_p95=-30%)."""
-    for key, threshold in overrides.items():
-        for metric in metrics:
-            if key not in (metric.name, metric.family):
-                continue
-            expected = "+" if metric.better == "lower" else "-"
-            if threshold.sign and threshold.sign != expected:
-                raise ConfigError(
-                    f"threshold {key}={threshold.text}: {metric.family} gets worse when it "
-                    f"{'rises' if expected == '+' else 'falls'}",
-                    f"write {key}={expected}{threshold.text.lstrip('+-')} (or leave the sign out)",
-                )
-
-
-# ------------------------------------------------------------------------------------------ the report
-
-
-@dataclass
-class RunReport:
-    """Everything the report shows about one run, and its exit status."""
-
-    run: RunRecord
-    suites: list[SuiteSummary]
-    worst: list[dict[str, Any]]
-    load: list[LoadSummary]
-    memory: list[MemorySummary]
-    baseline: RunRecord | None = None
-    baseline_note: str = ""
-    comparison: list[MetricComparison] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
-
-    @property
-    def warnings(self) -> list[str]:
-        return [*self.run.warnings, *self.notes]
-
-    @property
-    def failures(self) -> list[str]:
-        """Why the report exits 1: failed tests or suites, regressions, an incomplete run."""
-        reasons = []
-        for suite in self.suites:
-            if suite.failed:
-                reasons.append(f"{suite.suite} failed on {suite.model}")
-        for row in self.comparison:
-            if row.verdict == "REGRESSED":
-                reasons.append(f"{row.name} REGRESSED on {row.model}")
-        if not self.run.complete:
-            reasons.append(f"the run is {self.run.status}")
-        return reasons
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.failures else 0
-
-
-def build_report(
-    run: RunRecord,
-    *,
-    config: HarnessConfig,
-    baseline: RunRecord | None = None,
-    baseline_note: str = "",
-    overrides: Mapping[str, Threshold] | None = None,
-    worst_count: int = 5,
-) -> RunReport:
-    """Summarise `run`, and compare it with `baseline` when there is one."""
-    report = RunReport(
-        run=run,
-        suites=summarise_suites(run),
-        worst=worst_prompts(run, worst_count),
-        load=summarise_load(run),
-        memory=summarise_memory(run),
-        baseline=baseline,
-        baseline_note=baseline_note,
-    )
-    for record in run.of_kind("load"):
-        summary = record.get("summary") or {}
-        if summary.get("client_saturated"):
-            reasons = ", ".join(summary.get("saturation_reasons") or []) or "no reason given"
-            report.notes.append(
-                f"load scenario {record.get('scenario')} on {record.get('model')}: the load client was "
-                f"saturated ({reasons}); its timings partly measure the client"
-            )
-    from harness.report.hosts import compare_hosts, host_notes  # hosts side by side (a multi-host run)
-
-    report.notes.extend(host_notes(compare_hosts(run)))
-    current = collect_metrics(run)
-    if overrides:
-        check_threshold_signs(overrides, current.values())
-    if baseline is not None:
-        differences = comparable(run, baseline)
-        if differences:
-            report.notes.append(f"baseline {baseline.run_id} is not like-for-like: {'; '.join(differences)}")
-        report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
-    return report
 
 
 # ------------------------------------------------------------------------------------------ history

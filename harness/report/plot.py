@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.report.metrics import HistoryRow, RunReport, summarise_load
+from harness.report.compare import RunReport
+from harness.report.metrics import HistoryRow, summarise_load
 
 
 def _pyplot() -> Any:

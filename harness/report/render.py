@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,40 +15,19 @@ import numpy as np
 from tabulate import tabulate
 
 from harness.errors import RunRecordError
-from harness.plugin.matrix import matrix_table, matrix_to_json, summarise_matrix
-from harness.report.hosts import compare_hosts, hosts_table, hosts_to_json
-from harness.report.metrics import (
-    SHOWN_PERCENTILES,
-    HistoryRow,
-    MetricComparison,
-    RunReport,
-    SuiteSummary,
-)
+from harness.report.compare import MetricComparison, RunReport
+from harness.report.hosts import hosts_table, hosts_to_json
+from harness.report.matrix import matrix_table, matrix_to_json
+from harness.report.metrics import SHOWN_PERCENTILES, HistoryRow, SuiteSummary
 from harness.runs import RunRecord
 from harness.server_time import server_seconds
+from harness.units import format_signed, format_value
 
 FORMATS = ("text", "markdown", "json")
 _TABLE_FORMATS = {"text": "simple", "markdown": "github"}
 
 
 # ------------------------------------------------------------------------------------------ values
-
-
-def format_value(value: float | None, unit: str) -> str:
-    """A metric value in a readable unit: seconds as ms, fractions as %, bytes as MiB."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if unit == "s":
-        return f"{value * 1000:.1f} ms"
-    if unit == "fraction":
-        return f"{value * 100:.1f} %"
-    if unit == "bytes":
-        return f"{value / 2**20:.1f} MiB"
-    if unit == "req/s":
-        return f"{value:.2f} req/s"
-    if unit == "tok/s":
-        return f"{value:.1f} tok/s"
-    return f"{value:g}"
 
 
 def format_delta(row: MetricComparison) -> str:
@@ -58,14 +37,7 @@ def format_delta(row: MetricComparison) -> str:
         return "-"
     if row.threshold.relative and judgement.relative_delta is not None:
         return f"{judgement.relative_delta * 100:+.1f} %"
-    return _signed(judgement.delta, row.unit)
-
-
-def _signed(value: float, unit: str) -> str:
-    if unit == "fraction":
-        return f"{value * 100:+.1f} pt"
-    text = format_value(value, unit)
-    return text if value < 0 else "+" + text
+    return format_signed(judgement.delta, row.unit)
 
 
 def format_interval(row: MetricComparison) -> str:
@@ -73,7 +45,7 @@ def format_interval(row: MetricComparison) -> str:
     interval = row.judgement.interval
     if interval is None:
         return ""
-    return f"[{_signed(interval[0], row.unit)}, {_signed(interval[1], row.unit)}]"
+    return f"[{format_signed(interval[0], row.unit)}, {format_signed(interval[1], row.unit)}]"
 
 
 def _short(text: Any, width: int = 60) -> str:
@@ -165,174 +137,177 @@ def _suite_result(suite: SuiteSummary) -> str:
     return "pass"
 
 
-def _sections(report: RunReport) -> list[tuple[str, list[str], list[list[Any]]]]:
+Section = tuple[str, list[str], list[list[Any]]]  # (title, headers, rows)
+
+
+def _run_section(report: RunReport) -> Section | None:
+    return ("Run", ["", ""], [list(row) for row in header_rows(report.run)])
+
+
+def _suites_section(report: RunReport) -> Section | None:
+    if not report.suites:
+        return None
+    headers = ["model", "suite", "passed", "failed", "skipped", "xfailed", "n", "strict", "flexible"]
+    rows = [
+        [
+            s.model,
+            s.suite,
+            s.tests["passed"],
+            s.tests["failed"] + s.tests["error"],
+            s.tests["skipped"],
+            s.tests["xfailed"],
+            s.n if s.n is not None else "-",
+            format_value(s.accuracy_strict, "fraction"),
+            format_value(s.accuracy_flexible, "fraction"),
+            format_value(s.threshold, "fraction"),
+            _suite_result(s),
+        ]
+        for s in report.suites
+    ]
+    return ("Suites", [*headers, "threshold", "result"], rows)
+
+
+def _worst_section(report: RunReport) -> Section | None:
+    if not report.worst:
+        return None
+    rows = [
+        [
+            p.get("model", "-"),
+            p.get("suite", "-"),
+            p.get("item_id", "-"),
+            p.get("score_strict", "-"),
+            p.get("score_flexible", "-"),
+            _short(p.get("reason"), 50),
+            _short(p.get("response"), 40),
+        ]
+        for p in report.worst
+    ]
+    return ("Worst prompts", ["model", "suite", "item", "strict", "flexible", "reason", "response"], rows)
+
+
+def _latency_section(report: RunReport) -> Section | None:
+    if not report.load:
+        return None
+    rows = []
+    for load in report.load:
+        for label, values in (
+            ("TTFT", load.column("ttft_s")),
+            ("ITL", load.inter_token()),
+            ("e2e", load.column("e2e_s")),
+        ):
+            if len(values):
+                rows.append(
+                    [load.model, load.scenario, label, len(values)]
+                    + [format_value(float(np.percentile(values, q)), "s") for q in SHOWN_PERCENTILES]
+                )
+    headers = ["model", "scenario", "measure", "samples"] + [f"p{q}" for q in SHOWN_PERCENTILES]
+    return ("Latency", headers, rows)
+
+
+def _throughput_section(report: RunReport) -> Section | None:
+    if not report.load:
+        return None
+    rows = []
+    for load in report.load:
+        metrics = {m.family: m.value for m in load.metrics()}
+        rows.append(
+            [
+                load.model,
+                load.scenario,
+                len(load.samples),
+                len(load.samples) - len(load.ok),
+                format_value(metrics.get("tokens_per_s"), "tok/s"),
+                format_value(metrics.get("requests_per_s"), "req/s"),
+                ", ".join(f"{kind}: {count}" for kind, count in load.errors_by_kind.most_common()) or "-",
+            ]
+        )
+    headers = ["model", "scenario", "requests", "errors", "tokens/s", "requests/s", "errors by kind"]
+    return ("Throughput", headers, rows)
+
+
+def _memory_section(report: RunReport) -> Section | None:
+    if not report.memory:
+        return None
+    headers = [
+        "model",
+        "scenario",
+        "/api/ps size",
+        "context",
+        "estimate",
+        "RSS peak",
+        "RSS growth",
+        "unloaded",
+    ]
+    rows = [
+        [
+            m.model,
+            m.scenario or "-",
+            format_value(m.ps_size, "bytes"),
+            m.ps_context_length or "-",
+            format_value(m.estimate_bytes, "bytes"),
+            format_value(m.rss_peak, "bytes"),
+            format_value(m.rss_growth, "bytes"),
+            "-" if m.unload_freed is None else ("yes" if m.unload_freed else "NO"),
+        ]
+        for m in report.memory
+    ]
+    return ("Memory", headers, rows)
+
+
+def _matrix_section(report: RunReport) -> Section | None:
+    return None if report.matrix is None else ("Quantization matrix", *matrix_table(report.matrix))
+
+
+def _hosts_section(report: RunReport) -> Section | None:
+    return ("Hosts", *hosts_table(report.hosts)) if report.hosts else None
+
+
+def _baseline_section(report: RunReport) -> Section | None:
+    if report.baseline is None:
+        return None
+    headers = [
+        "model",
+        "metric",
+        "baseline",
+        "current",
+        "change",
+        "interval of change",
+        "threshold",
+        "verdict",
+    ]
+    rows = [
+        [
+            row.model,
+            row.name,
+            format_value(row.baseline, row.unit),
+            format_value(row.current, row.unit),
+            format_delta(row),
+            format_interval(row),
+            row.threshold.text,
+            row.verdict,
+        ]
+        for row in report.comparison
+    ]
+    return (f"Against baseline {report.baseline.run_id}", headers, rows)
+
+
+# The report's tables in the order shown; each section returns None when the run has nothing for it.
+SECTIONS: tuple[Callable[[RunReport], Section | None], ...] = (
+    _run_section,
+    _suites_section,
+    _worst_section,
+    _latency_section,
+    _throughput_section,
+    _memory_section,
+    _matrix_section,
+    _hosts_section,
+    _baseline_section,
+)
+
+
+def _sections(report: RunReport) -> list[Section]:
     """The report as (title, headers, rows) tables, shared by the text and Markdown renderings."""
-    sections: list[tuple[str, list[str], list[list[Any]]]] = []
-    sections.append(("Run", ["", ""], [list(row) for row in header_rows(report.run)]))
-    if report.suites:
-        sections.append(
-            (
-                "Suites",
-                [
-                    "model",
-                    "suite",
-                    "passed",
-                    "failed",
-                    "skipped",
-                    "xfailed",
-                    "n",
-                    "strict",
-                    "flexible",
-                    "threshold",
-                    "result",
-                ],
-                [
-                    [
-                        s.model,
-                        s.suite,
-                        s.tests["passed"],
-                        s.tests["failed"] + s.tests["error"],
-                        s.tests["skipped"],
-                        s.tests["xfailed"],
-                        s.n if s.n is not None else "-",
-                        format_value(s.accuracy_strict, "fraction"),
-                        format_value(s.accuracy_flexible, "fraction"),
-                        format_value(s.threshold, "fraction"),
-                        _suite_result(s),
-                    ]
-                    for s in report.suites
-                ],
-            )
-        )
-    if report.worst:
-        sections.append(
-            (
-                "Worst prompts",
-                ["model", "suite", "item", "strict", "flexible", "reason", "response"],
-                [
-                    [
-                        p.get("model", "-"),
-                        p.get("suite", "-"),
-                        p.get("item_id", "-"),
-                        p.get("score_strict", "-"),
-                        p.get("score_flexible", "-"),
-                        _short(p.get("reason"), 50),
-                        _short(p.get("response"), 40),
-                    ]
-                    for p in report.worst
-                ],
-            )
-        )
-    if report.load:
-        latency_rows = []
-        for load in report.load:
-            for label, values in (
-                ("TTFT", load.column("ttft_s")),
-                ("ITL", load.inter_token()),
-                ("e2e", load.column("e2e_s")),
-            ):
-                if len(values):
-                    latency_rows.append(
-                        [load.model, load.scenario, label, len(values)]
-                        + [format_value(float(np.percentile(values, q)), "s") for q in SHOWN_PERCENTILES]
-                    )
-        sections.append(
-            (
-                "Latency",
-                ["model", "scenario", "measure", "samples"] + [f"p{q}" for q in SHOWN_PERCENTILES],
-                latency_rows,
-            )
-        )
-        throughput_rows = []
-        for load in report.load:
-            metrics = {m.family: m for m in load.metrics()}
-            throughput_rows.append(
-                [
-                    load.model,
-                    load.scenario,
-                    len(load.samples),
-                    len(load.samples) - len(load.ok),
-                    format_value(
-                        metrics["tokens_per_s"].value if "tokens_per_s" in metrics else None, "tok/s"
-                    ),
-                    format_value(
-                        metrics["requests_per_s"].value if "requests_per_s" in metrics else None, "req/s"
-                    ),
-                    ", ".join(f"{kind}: {count}" for kind, count in load.errors_by_kind.most_common()) or "-",
-                ]
-            )
-        sections.append(
-            (
-                "Throughput",
-                ["model", "scenario", "requests", "errors", "tokens/s", "requests/s", "errors by kind"],
-                throughput_rows,
-            )
-        )
-    if report.memory:
-        sections.append(
-            (
-                "Memory",
-                [
-                    "model",
-                    "scenario",
-                    "/api/ps size",
-                    "context",
-                    "estimate",
-                    "RSS peak",
-                    "RSS growth",
-                    "unloaded",
-                ],
-                [
-                    [
-                        m.model,
-                        m.scenario or "-",
-                        format_value(m.ps_size, "bytes"),
-                        m.ps_context_length or "-",
-                        format_value(m.estimate_bytes, "bytes"),
-                        format_value(m.rss_peak, "bytes"),
-                        format_value(m.rss_growth, "bytes"),
-                        "-" if m.unload_freed is None else ("yes" if m.unload_freed else "NO"),
-                    ]
-                    for m in report.memory
-                ],
-            )
-        )
-    matrix = summarise_matrix(report.run)
-    if matrix is not None:
-        sections.append(("Quantization matrix", *matrix_table(matrix)))
-    host_rows = compare_hosts(report.run)
-    if host_rows:
-        sections.append(("Hosts", *hosts_table(host_rows)))
-    if report.baseline is not None:
-        sections.append(
-            (
-                f"Against baseline {report.baseline.run_id}",
-                [
-                    "model",
-                    "metric",
-                    "baseline",
-                    "current",
-                    "change",
-                    "interval of change",
-                    "threshold",
-                    "verdict",
-                ],
-                [
-                    [
-                        row.model,
-                        row.name,
-                        format_value(row.baseline, row.unit),
-                        format_value(row.current, row.unit),
-                        format_delta(row),
-                        format_interval(row),
-                        row.threshold.text,
-                        row.verdict,
-                    ]
-                    for row in report.comparison
-                ],
-            )
-        )
-    return sections
+    return [section for make in SECTIONS if (section := make(report)) is not None]
 
 
 def _escape_pipes(cell: Any) -> Any:
@@ -445,8 +420,8 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
             }
             for m in report.memory
         ],
-        "matrix": None if (matrix := summarise_matrix(run)) is None else matrix_to_json(matrix),
-        "hosts": hosts_to_json(compare_hosts(run)),
+        "matrix": None if report.matrix is None else matrix_to_json(report.matrix),
+        "hosts": hosts_to_json(report.hosts),
         "baseline": None
         if report.baseline is None
         else {"id": report.baseline.run_id, "path": str(report.baseline.path)},

@@ -185,7 +185,8 @@ def judge(
 ) -> Judgement:
     """Judge one metric: better / same / noise / REGRESSED (or new / gone when a side has no value).
 
-    `floor` is the smallest worsening, in the metric's unit, that can count at all (NOISE_FLOORS)."""
+    `floor` is the smallest worsening, in the metric's unit, that can count at all
+    (harness.units.noise_floor)."""
     if baseline is None or not np.isfinite(baseline):
         return Judgement("new" if current is not None else "gone", None, None, None, None)
     if current is None or not np.isfinite(current):

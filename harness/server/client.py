@@ -32,7 +32,14 @@ from ollama._client import _parse_host  # the official client's host parsing (OL
 
 from harness.errors import GGUFReadError, ServerError
 from harness.http_tls import verify_for
-from harness.modelfile.parse import Command, Modelfile
+from harness.modelfile.parse import Command, Modelfile, parse_modelfile
+from harness.server.failures import (
+    CONNECT_ERRORS,
+    DEFAULT_STATUS_HINT,
+    STATUS_HINTS,
+    TRANSPORT_FAILURES,
+    Failure,
+)
 
 __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaRequestError", "parse_version"]
 
@@ -129,22 +136,6 @@ def _seconds(nanoseconds: int | None) -> float | None:
     return None if nanoseconds is None else nanoseconds / 1e9
 
 
-def _cause(error: BaseException) -> str:
-    """A short cause for a transport error, looking through the official client's re-raises."""
-    inner: BaseException = error
-    if isinstance(error, ConnectionError) and error.__context__ is not None:
-        inner = error.__context__
-    text = str(inner) or type(inner).__name__
-    lowered = text.lower()
-    if "connection refused" in lowered or "errno 111" in lowered:
-        return "connection refused"
-    if "name or service not known" in lowered or "nodename nor servname" in lowered:
-        return "unknown host name"
-    if isinstance(inner, httpx.ConnectTimeout):
-        return "connecting timed out"
-    return text
-
-
 class OllamaClient:
     """A connection to one Ollama server.
 
@@ -197,12 +188,6 @@ class OllamaClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def async_client(self) -> ollama.AsyncClient:
-        """An official `ollama.AsyncClient` for the same server and limits (for load generation)."""
-        return ollama.AsyncClient(
-            host=self.url, timeout=self._timeouts(self.stall_timeout), verify=verify_for(self.url)
-        )
-
     def _error(
         self,
         request: str,
@@ -225,49 +210,18 @@ class OllamaClient:
                 message = f"{where} answered {request} with HTTP {error.status_code}{said}"
             return OllamaRequestError(
                 message,
-                _status_hint(error.status_code, error.error),
+                STATUS_HINTS.get(error.status_code, DEFAULT_STATUS_HINT),
                 request=request,
                 status_code=error.status_code,
                 server_message=error.error,
             )
-        if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError)):
-            return ServerError(
-                f"{where} is not answering: {_cause(error)}",
-                "start the server (ollama serve, or let the harness start its engine) or check the host",
-            )
-        if isinstance(error, httpx.ReadTimeout) and stall is None:
-            waited = f"{read_timeout:g} s" if read_timeout is not None else "the read timeout"
-            return OllamaRequestError(
-                f"{where} did not answer {request} within {waited} (read timeout)",
-                "the server is busy or hung; raise the timeout or read the server log",
-                request=request,
-            )
-        if isinstance(error, httpx.ReadTimeout):
-            waited = f"{stall:g} s"
-            what = "no first token" if chunks == 0 else f"no data after {chunks} chunks"
-            return OllamaRequestError(
-                f"{where} stalled on {request}: {what} for {waited}",
-                "the model may load slowly or its runner hung; raise the stall timeout, read the server log",
-                request=request,
-            )
-        if isinstance(error, httpx.TimeoutException):
-            return OllamaRequestError(
-                f"{where} did not finish {request} in time: {type(error).__name__}",
-                "raise the timeout or check the server",
-                request=request,
-            )
-        if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-            return OllamaRequestError(
-                f"{where} closed the connection during {request}: {error} (did the server crash?)",
-                "check that the server is still running and read its log",
-                request=request,
-            )
-        if isinstance(error, pydantic.ValidationError):
-            return OllamaRequestError(
-                f"invalid {request}: {error.errors()[0].get('msg', error)}",
-                "check the request's arguments",
-                request=request,
-            )
+        failure = Failure(where, request, error, stall, chunks, read_timeout)
+        for types, describe in TRANSPORT_FAILURES:
+            if isinstance(error, types):
+                message, hint = describe(failure)
+                if isinstance(error, CONNECT_ERRORS):
+                    return ServerError(message, hint)
+                return OllamaRequestError(message, hint, request=request)
         return OllamaRequestError(
             f"{where}: {request} failed: {type(error).__name__}: {error}", "check the server", request=request
         )
@@ -424,7 +378,6 @@ class OllamaClient:
     ) -> None:
         """Create `name` from a Modelfile: its local FROM/ADAPTER files are uploaded as blobs first.
         `quantize` (e.g. "q8_0", "q4_K_M") asks the server to quantize an F16/F32 file at create."""
-        from harness.modelfile.parse import parse_modelfile
 
         parsed = parse_modelfile(modelfile) if isinstance(modelfile, str) else modelfile
         digests = {path: self.upload_blob(path) for path in parsed.local_paths(relative_dir).values()}
@@ -652,20 +605,3 @@ def _absorb(completion: Completion, chunk: Any, now: float) -> None:
         completion.prompt_eval_duration_s = _seconds(chunk.prompt_eval_duration)
         completion.eval_count = chunk.eval_count
         completion.eval_duration_s = _seconds(chunk.eval_duration)
-
-
-def _status_hint(status: int, text: str) -> str:
-    if status == 404:
-        return "create or pull the model first, or check its name"
-    if status == 400:
-        return "the server rejected the request as invalid; its message says what to fix"
-    if status == 503:
-        return "the server's queue is full; retry later or lower the concurrency"
-    if status == 403:
-        return (
-            "Ollama refuses a browser Origin outside OLLAMA_ORIGINS, and (on a loopback bind) a Host header "
-            "naming another machine: reach it as localhost or by IP address, or set OLLAMA_ORIGINS"
-        )
-    if status == -1:
-        return "the server failed part-way through; its log has the details"
-    return "read the server's message; the server log may say more"

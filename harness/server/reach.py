@@ -30,7 +30,6 @@ FORBIDDEN_HOST = (
     "reach it as localhost or by IP address, have the proxy send Host: localhost:11434, "
     "or start Ollama with OLLAMA_HOST=0.0.0.0"
 )
-ENGINE_KINDS = ("ollama", "embedded")
 EMBEDDED_VERSION_TAG = "+harness"  # the embedded engine reports e.g. "0.33.0+harness.0.1.0"
 
 

@@ -15,9 +15,10 @@ from harness.engine.config import EngineConfig, parse_go_duration, parse_host, p
 from harness.engine.ggufinfo import GGUFFormatError, file_type_name, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.options import OptionError, completion_fields, merge_options
-from harness.engine.runner import buffer_bytes, extract_cause, termination_message
+from harness.engine.runner import buffer_bytes, termination_message
 from harness.engine.store import DigestMismatchError, InvalidDigestError, Store, normalize_digest
 from harness.gguf.build import BuiltModel, write_gguf
+from harness.gguf.llamacpp import ollama_cause_line
 from harness.gguf.plan import KV, plan_gguf
 from harness.gguf.spec import load_profile
 
@@ -236,7 +237,7 @@ def test_runner_failure_messages() -> None:
         "key not found in model: llama.context_length\n"
         "E llama_model_load_from_file_impl: failed to load model\n"
     )
-    assert extract_cause(stderr).startswith("error loading model: error loading model hyperparameters")
+    assert ollama_cause_line(stderr).startswith("error loading model: error loading model hyperparameters")
     assert termination_message(1, stderr) == (
         "llama-server process has terminated: exit status 1: error loading model: error loading model "
         "hyperparameters: key not found in model: llama.context_length"
@@ -247,4 +248,4 @@ def test_runner_failure_messages() -> None:
     )
     assert termination_message(-9, "") == "llama-server process has terminated: signal: kill"
     verbose = "0.00.001.000 I gguf_init_from_file_impl: loaded meta data\n" + stderr
-    assert extract_cause(verbose).startswith("error loading model: error loading model hyperparameters")
+    assert ollama_cause_line(verbose).startswith("error loading model: error loading model hyperparameters")
