@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.engine.prompt import collate, ollama_template, render_chat, render_generate
 from harness.modelfile.gotemplate import TemplateError
+from harness.modelfile.prompt import collate, ollama_template, render_chat, render_generate
 
 # Ollama's template/llama3-instruct.gotmpl
 LLAMA3 = """{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>

@@ -22,7 +22,6 @@ from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.options import OptionError, completion_fields, merge_options
-from harness.engine.prompt import ollama_template, render_chat, render_generate
 from harness.engine.routing import (
     ApiError,
     error_body,
@@ -43,6 +42,7 @@ from harness.engine.store import (
     Store,
 )
 from harness.engine.structured import FormatError, format_fields
+from harness.modelfile.prompt import ollama_template, render_chat, render_generate
 
 log = logging.getLogger("harness.engine")
 

@@ -168,9 +168,9 @@ def compare_with_go_template(
     """A template-mismatch finding when Ollama's prompt from `go_template` (a Modelfile TEMPLATE, with its
     SYSTEM) differs from the Jinja template's for the standard conversation; None when they agree. A
     leading BOS text in the Jinja output is ignored (Ollama adds BOS as a token, not as text)."""
-    # The Go-template renderer lives with the engine; imported here only (start-up time of a plain check).
-    from harness.engine.prompt import render_chat
+    # The Go-template renderer: imported here only (start-up time of a plain check).
     from harness.modelfile.gotemplate import TemplateError
+    from harness.modelfile.prompt import render_chat
 
     jinja_prompt = render_chat_template(
         template, STANDARD_CONVERSATION, bos_token=bos_token, eos_token=eos_token
