@@ -98,3 +98,21 @@ def test_a_leading_bos_text_is_not_a_difference() -> None:
 def test_a_go_template_that_does_not_render_is_a_mismatch() -> None:
     finding = compare_with_go_template(DEFAULT_CHAT_TEMPLATE, '{{ template "x" }}')
     assert finding is not None and "cannot be rendered" in finding.message
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        "{{ 'x' * 1000000000 }}",
+        "{{ ['x'] * 1000000000 }}",
+        "{{ 2 ** 100000000 }}",
+    ],
+)
+def test_a_template_bomb_is_stopped_quickly(bomb: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    findings = audit_chat_template(bomb + "{% for m in messages %}{{ m.content }}{% endfor %}", None)
+    assert time.perf_counter() - start < 5  # a hang guard: the sandbox stops it at once
+    assert [f.code for f in findings] == ["template-unsafe"] and "sandbox stopped" in findings[0].message

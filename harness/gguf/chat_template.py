@@ -203,9 +203,44 @@ def compare_with_go_template(
     )
 
 
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, also bounded in work: `range()` yields at most RANGE_BUDGET items over a whole
+    render (jinja2 caps one range, not nested ones), and `*` / `**` may not build huge values, so a hostile
+    template cannot hang or exhaust the checker."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.range_left = RANGE_BUDGET
+        self.globals["range"] = self._range
+
+    def _range(self, *args: int) -> range:
+        items = range(*args)
+        self.range_left -= len(items)
+        if self.range_left < 0:
+            raise SecurityError(f"the template's loops go over more than {RANGE_BUDGET:,} range() items")
+        return items
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError(f"the template raises a number to the power {right}")
+        if operator == "*":
+            count = right if isinstance(right, int) else left if isinstance(left, int) else 1
+            sized = left if isinstance(right, int) else right
+            if isinstance(sized, (str, list, tuple)) and len(sized) * count > MAX_BUILT:
+                raise SecurityError(f"the template builds a value of {len(sized) * count:,} items")
+        return super().call_binop(context, operator, left, right)
+
+
+RANGE_BUDGET = 100_000
+MAX_BUILT = 1 << 20
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    """The environment transformers renders chat templates in (render_jinja_template), sandboxed."""
-    environment = ImmutableSandboxedEnvironment(
+    """The environment transformers renders chat templates in (render_jinja_template), sandboxed and
+    bounded."""
+    environment = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
     )
     environment.filters["tojson"] = _tojson

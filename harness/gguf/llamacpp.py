@@ -177,7 +177,7 @@ def judge_files(
 
 def _judge_chunk(paths: list[str], n_predict: int, n_ctx: int, timeout: float) -> list[Verdict]:
     """Verdicts for a prefix of `paths` from one child: every file it finished, then the one it died or
-    hung on (if any). Never empty."""
+    hung on (if any). Never empty: a child that dies before it starts the first file fails that file."""
     args = ["judge", *paths, "--n-ctx", str(n_ctx), "--n-predict", str(n_predict)]
     process = _spawn(args)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -189,6 +189,7 @@ def _judge_chunk(paths: list[str], n_predict: int, n_ctx: int, timeout: float) -
     for reader in readers:
         reader.start()
     results: list[dict[str, Any]] = []
+    begun = -1  # the last file the child started
     deadline = time.monotonic() + timeout
     failure: str | None = None
     try:
@@ -201,6 +202,7 @@ def _judge_chunk(paths: list[str], n_predict: int, n_ctx: int, timeout: float) -
             if line is None:
                 break
             if line.startswith(BEGIN_MARKER):
+                begun = int(line[len(BEGIN_MARKER) :])
                 deadline = time.monotonic() + timeout
             elif line.startswith(RESULT_MARKER):
                 results.append(json.loads(line[len(RESULT_MARKER) :]))
@@ -218,8 +220,8 @@ def _judge_chunk(paths: list[str], n_predict: int, n_ctx: int, timeout: float) -
         else:
             outcome = _ChildOutcome(result, _own_log(stderr, index), None, False)
             verdicts.append(Verdict(paths[index], False, _failure_cause(outcome, timeout)))
-    if len(verdicts) < len(paths):
-        index = len(verdicts)
+    if len(verdicts) < len(paths) and (begun == len(verdicts) or not verdicts):
+        index = len(verdicts)  # the file it died or hung on (a death between files blames none)
         outcome = _ChildOutcome(None, _own_log(stderr, index), process.returncode, False)
         verdicts.append(Verdict(paths[index], False, failure or _failure_cause(outcome, timeout)))
     return verdicts
