@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from harness.gguf.differential import DifferentialReport, run_differential
-from harness.gguf.mutants import random_mutants
+from harness.gguf.mutants import architecture_sweep, random_mutants
 from harness.gguf.plan import plan_gguf
 from harness.gguf.spec import load_profile
 
@@ -35,7 +35,21 @@ def main() -> int:
     parser.add_argument("--profiles", default="tiny,oracle", help="comma-separated fixture profiles")
     parser.add_argument("--chunk", type=int, default=100, help="mutants written and judged per round")
     parser.add_argument("--batch", type=int, default=25, help="mutants per llama.cpp child process")
+    parser.add_argument(
+        "--sweep-architectures",
+        action="store_true",
+        help="only move the tiny fixture to every architecture llama.cpp knows, and report (beyond the "
+        "architectures with rules in harness/gguf/archs.py an OK is not a guarantee)",
+    )
     args = parser.parse_args()
+    if args.sweep_architectures:
+        plan = plan_gguf(load_profile("tiny").replace(n_layer=1))
+        with tempfile.TemporaryDirectory(prefix="differential-") as folder:
+            sweep = run_differential(
+                plan, [(m,) for m in architecture_sweep()], Path(folder), batch=args.batch
+            )
+        print(sweep.summary())
+        return 0 if sweep.passed else 1
 
     deadline = time.monotonic() + args.budget_s
     plans = [plan_gguf(load_profile(name)) for name in args.profiles.split(",")]

@@ -638,10 +638,10 @@ def test_sample_with_a_wrong_shape_is_caught(tmp_path: Path) -> None:
 
 def test_architecture_known_to_llama_cpp_without_rules_is_info_only(tmp_path: Path) -> None:
     def edit(plan: GGUFPlan) -> None:
-        _rename = {k.replace("llama.", "deci.", 1): v for k, v in plan.kvs.items()}
+        _rename = {k.replace("llama.", "refact.", 1): v for k, v in plan.kvs.items()}
         plan.kvs = _rename
-        plan.kvs["general.architecture"] = KV("deci", GGUFValueType.STRING)
-        plan.architecture = "deci"
+        plan.kvs["general.architecture"] = KV("refact", GGUFValueType.STRING)
+        plan.architecture = "refact"
 
     report = _check(_write_edited(tmp_path, edit))
     assert report.ok and report.codes() == ["no-arch-rules"]

@@ -81,6 +81,7 @@ class ArchRule:
     derived: tuple[tuple[str, str], ...] = ()  # (hparam, expression), evaluated after the keys
     checks: tuple[Consistency, ...] = ()
     tensors: tuple[TensorRule, ...] | None = None  # None: tensors are not checked by name and shape
+    shapes: tuple[TensorRule, ...] | None = None  # without `tensors`: shapes of the tensors present only
     needs_tokenizer: bool = True
     llm_keys: bool = True  # COMMON_KEYS apply
     note: str = ""  # shown as an info finding (e.g. an architecture llama.cpp itself does not load)
@@ -335,6 +336,12 @@ QWEN2_TENSORS: tuple[TensorRule, ...] = (
     TensorRule("blk.{i}.ffn_up.weight", ("n_embd", "n_ff")),
 )
 
+QWEN3_TENSORS: tuple[TensorRule, ...] = (
+    *(rule for rule in QWEN2_TENSORS if not rule.name.endswith(".bias")),
+    TensorRule("blk.{i}.attn_q_norm.weight", ("n_embd_head_k",)),
+    TensorRule("blk.{i}.attn_k_norm.weight", ("n_embd_head_k",)),
+)
+
 GEMMA3_TENSORS: tuple[TensorRule, ...] = (
     *_IO_TENSORS,
     TensorRule("blk.{i}.attn_norm.weight", ("n_embd",)),
@@ -354,6 +361,20 @@ GEMMA3_TENSORS: tuple[TensorRule, ...] = (
 
 DECODER_CHECKS = BASIC_CHECKS + ATTENTION_CHECKS + ROPE_CHECKS
 
+# Keys some architectures require beyond the common ones (llama.cpp: key not found in model ...).
+EXPERT_FF = KeyRule("{arch}.expert_feed_forward_length", U32, True, why="key not found in model")
+SLIDING_WINDOW = KeyRule("{arch}.attention.sliding_window", U32, True, why="key not found in model")
+ROPE_SECTIONS = KeyRule(
+    "{arch}.rope.dimension_sections", ("arr[i32]", "arr[u32]"), True, why="key not found in model"
+)
+HAS_EXPERTS = Consistency(
+    "bad-hparam",
+    "n_expert > 0",
+    "{arch}.expert_count is {n_expert}: this architecture is a mixture of experts and llama.cpp refuses a "
+    "model without experts",
+    "set {arch}.expert_count and expert_used_count, or use the architecture the weights follow",
+)
+
 
 def _decoder(
     name: str,
@@ -362,22 +383,29 @@ def _decoder(
     extra_keys: tuple[KeyRule, ...] = (),
     checks: tuple[Consistency, ...] = DECODER_CHECKS,
     tensors: tuple[TensorRule, ...] | None = None,
+    shapes: tuple[TensorRule, ...] | None = None,
     dense_ffn: bool = True,
     note: str = "",
 ) -> ArchRule:
     keys = (HEAD_COUNT, eps, *((FEED_FORWARD,) if dense_ffn else ()), *extra_keys)
     eps_checks = EPS_CHECKS if eps is RMS_EPS else LAYER_NORM_EPS_CHECKS
-    return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, note=note)
+    return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, shapes, note=note)
 
+
+# Mixture-of-experts architectures whose expert feed-forward length llama.cpp requires.
+_EXPERT_FF_ARCHS = ("dots1", "ernie4_5-moe", "mimo2", "step35", "deepseek2-ocr", "afmoe", "deepseek")
 
 ARCH_RULES: dict[str, ArchRule] = {
     rule.name: rule
     for rule in (
         _decoder("llama", checks=(*DECODER_CHECKS, N_ROT_CHECK), tensors=LLAMA_TENSORS),
-        _decoder("mistral3"),
-        _decoder("llama4", dense_ffn=False),
+        # llama.cpp loads these with llama's own code (llama_model::load_tensors: LLM_ARCH_LLAMA's case)
+        _decoder("mistral3", tensors=LLAMA_TENSORS),
+        _decoder("llama4", dense_ffn=False, extra_keys=(EXPERT_FF,)),
         _decoder("qwen2", tensors=QWEN2_TENSORS),
-        _decoder("qwen3"),
+        _decoder("qwen3", tensors=QWEN3_TENSORS),
+        _decoder("qwen2vl", extra_keys=(ROPE_SECTIONS,)),
+        _decoder("qwen3vl", extra_keys=(ROPE_SECTIONS,)),
         _decoder("qwen2moe", dense_ffn=False),
         _decoder("qwen3moe", dense_ffn=False),
         _decoder("gemma"),
@@ -390,9 +418,20 @@ ARCH_RULES: dict[str, ArchRule] = {
                 KeyRule(f"{{arch}}.{name}", F32, True, why="key not found in model")
                 for name in ("logit_scale", "residual_scale", "embedding_scale", "attention.scale")
             ),
+            tensors=LLAMA_TENSORS,
         ),
+        # Nemotron (deci): llama's tensors, but a block may leave out attention or feed-forward, so only the
+        # shapes of the tensors present are checked (with per-block head counts they are not known here).
+        _decoder("deci", shapes=LLAMA_TENSORS),
         _decoder("deepseek2", dense_ffn=False),
         _decoder("gpt-oss", dense_ffn=False),
+        *(_decoder(name, dense_ffn=False, extra_keys=(EXPERT_FF,)) for name in _EXPERT_FF_ARCHS),
+        *(_decoder(name, checks=(*DECODER_CHECKS, HAS_EXPERTS)) for name in ("grok", "smallthinker")),
+        *(
+            _decoder(name, extra_keys=(SLIDING_WINDOW,))
+            for name in ("gemma3n", "exaone-moe", "gemma-embedding")
+        ),
+        *(_decoder(name, eps=LAYER_NORM_EPS) for name in ("stablelm", "orion")),
         _decoder("command-r", eps=LAYER_NORM_EPS),
         _decoder("starcoder2", eps=LAYER_NORM_EPS),
         _decoder("falcon", eps=LAYER_NORM_EPS, checks=(*DECODER_CHECKS, N_ROT_CHECK)),

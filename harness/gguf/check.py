@@ -833,13 +833,20 @@ class _Checker:
         if rule.tensors is None:
             if rule.llm_keys and self.arch in archs.LLAMACPP_ARCHITECTURES:
                 self._check_tensor_names_from_gguf_py()
+            if rule.shapes is not None:
+                self._check_tensor_rules(rule.shapes, complete=False)
             return
+        self._check_tensor_rules(rule.tensors, complete=True)
+
+    def _check_tensor_rules(self, rules: tuple[archs.TensorRule, ...], *, complete: bool) -> None:
+        """Shapes of the tensors `rules` name; when the rules are `complete`, also missing and unexpected
+        tensors."""
         n_layer = self.hparams.values.get("n_layer")
         if not isinstance(n_layer, int) or not 1 <= n_layer <= archs.LLAMA_MAX_LAYERS:
             return  # reported as zero-blocks / missing-key; per-block names cannot be listed
         by_name = {t.name: t for t in self.header.tensors}
         allowed: set[str] = set()
-        for tensor_rule in rule.tensors:
+        for tensor_rule in rules:
             layers: Iterable[int | None] = range(n_layer) if "{i}" in tensor_rule.name else (None,)
             for layer in layers:
                 name = tensor_rule.name.format(i=layer)
@@ -852,6 +859,8 @@ class _Checker:
                     continue
                 allowed.add(name)
                 tensor = by_name.get(name)
+                if tensor is None and not complete:
+                    continue
                 if tensor is None:
                     alternative = tensor_rule.unless.format(i=layer) if tensor_rule.unless else None
                     if tensor_rule.required and not (alternative and alternative in by_name):
@@ -864,7 +873,8 @@ class _Checker:
                         )
                     continue
                 self._check_shape(tensor, tensor_rule.shape)
-        self._report_unexpected(lambda name: name in allowed)
+        if complete:
+            self._report_unexpected(lambda name: name in allowed)
 
     def _check_tensor_names_from_gguf_py(self) -> None:
         """For an architecture without tensor rules here: every tensor must be one gguf-py lists for it."""

@@ -79,7 +79,10 @@ _TENSOR_RETYPES = (
     GGMLQuantizationType.I32,
     GGMLQuantizationType.I8,
 )
-_SWAP_ARCHITECTURES = ("qwen2", "gemma", "phi3", "mistral3", "bert", "gpt2", "granite", "deci", "mamba")
+_SWAP_ARCHITECTURES = (
+    *("qwen2", "qwen3", "gemma", "phi3", "mistral3", "bert", "gpt2", "granite", "deci", "mamba", "llama4"),
+    *("stablelm", "orion", "refact", "minicpm", "xverse", "internlm2", "olmo", "arcee", "falcon"),
+)
 _UNICODE_NAME = "Modèle ☃ 模型 🦙"
 
 
@@ -418,6 +421,15 @@ def _swap_architecture(new_arch: str, move_keys: bool) -> PlanEdit:
         plan.architecture = new_arch
 
     return edit
+
+
+def architecture_sweep() -> list[Mutant]:
+    """The fixture moved (keys renamed) to every architecture llama.cpp knows: beyond the checker's
+    rules, where an OK verdict is not a guarantee (scripts/differential_campaign.py --sweep-architectures)."""
+    return [
+        Mutant(f"architecture -> {arch} (keys moved)", "architecture", _swap_architecture(arch, True))
+        for arch in sorted(archs.LLAMACPP_ARCHITECTURES)
+    ]
 
 
 def _architecture_mutants(plan: GGUFPlan) -> Iterator[Mutant]:
