@@ -637,14 +637,18 @@ def test_sample_with_a_wrong_shape_is_caught(tmp_path: Path) -> None:
 
 
 def test_architecture_known_to_llama_cpp_without_rules_is_info_only(tmp_path: Path) -> None:
+    """Beyond the rules in archs.py an OK is no guarantee, and the info finding says so: llama.cpp wants
+    attn_k_norm tensors in a hunyuan-dense file (scripts/differential_campaign.py --sweep-architectures)."""
+
     def edit(plan: GGUFPlan) -> None:
-        _rename = {k.replace("llama.", "refact.", 1): v for k, v in plan.kvs.items()}
+        _rename = {k.replace("llama.", "hunyuan-dense.", 1): v for k, v in plan.kvs.items()}
         plan.kvs = _rename
-        plan.kvs["general.architecture"] = KV("refact", GGUFValueType.STRING)
-        plan.architecture = "refact"
+        plan.kvs["general.architecture"] = KV("hunyuan-dense", GGUFValueType.STRING)
+        plan.architecture = "hunyuan-dense"
 
     report = _check(_write_edited(tmp_path, edit))
     assert report.ok and report.codes() == ["no-arch-rules"]
+    assert "a trial load in llama.cpp" in report.findings[0].hint
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -392,6 +392,7 @@ def _decoder(
     return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, shapes, note=note)
 
 
+_LLAMA_SHAPED = ("refact", "minicpm", "llama-embed", "smollm3", "xverse", "internlm2", "exaone", "ernie4_5")
 # Mixture-of-experts architectures whose expert feed-forward length llama.cpp requires.
 _EXPERT_FF_ARCHS = ("dots1", "ernie4_5-moe", "mimo2", "step35", "deepseek2-ocr", "afmoe", "deepseek")
 
@@ -423,6 +424,9 @@ ARCH_RULES: dict[str, ArchRule] = {
         # Nemotron (deci): llama's tensors, but a block may leave out attention or feed-forward, so only the
         # shapes of the tensors present are checked (with per-block head counts they are not known here).
         _decoder("deci", shapes=LLAMA_TENSORS),
+        # Architectures whose tensors llama.cpp loads with llama's shapes (it runs the llama fixture moved to
+        # them: scripts/differential_campaign.py --sweep-architectures): the shapes of those present.
+        *(_decoder(name, shapes=LLAMA_TENSORS) for name in _LLAMA_SHAPED),
         _decoder("deepseek2", dense_ffn=False),
         _decoder("gpt-oss", dense_ffn=False),
         *(_decoder(name, dense_ffn=False, extra_keys=(EXPERT_FF,)) for name in _EXPERT_FF_ARCHS),
