@@ -424,9 +424,12 @@ ARCH_RULES: dict[str, ArchRule] = {
         # Nemotron (deci): llama's tensors, but a block may leave out attention or feed-forward, so only the
         # shapes of the tensors present are checked (with per-block head counts they are not known here).
         _decoder("deci", shapes=LLAMA_TENSORS),
-        # Architectures whose tensors llama.cpp loads with llama's shapes (it runs the llama fixture moved to
-        # them: scripts/differential_campaign.py --sweep-architectures): the shapes of those present.
-        *(_decoder(name, shapes=LLAMA_TENSORS) for name in _LLAMA_SHAPED),
+        # Architectures llama.cpp loads with llama's tensors and graph checks (it runs the llama fixture moved
+        # to them: scripts/differential_campaign.py --sweep-architectures).
+        *(
+            _decoder(name, checks=(*DECODER_CHECKS, N_ROT_CHECK), tensors=LLAMA_TENSORS)
+            for name in _LLAMA_SHAPED
+        ),
         _decoder("deepseek2", dense_ffn=False),
         _decoder("gpt-oss", dense_ffn=False),
         *(_decoder(name, dense_ffn=False, extra_keys=(EXPERT_FF,)) for name in _EXPERT_FF_ARCHS),
