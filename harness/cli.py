@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from harness import __version__
 from harness.errors import HarnessError
@@ -50,7 +50,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).register(subparsers)
         else:
             subparsers.add_parser(name, help=help_line)
+    parser.set_defaults(ollama_chat_prompt=ollama_chat_prompt)
     return parser
+
+
+def ollama_chat_prompt(template: str, messages: Sequence[Mapping[str, str]], system: str | None) -> str:
+    """The prompt Ollama's /api/chat builds from a Modelfile TEMPLATE (and SYSTEM) for `messages`. Given to
+    every command (`args.ollama_chat_prompt`): `harness gguf check --modelfile` compares it with the chat
+    template, and the gguf package sits below the engine that owns Ollama's prompt assembly."""
+    from harness.engine.prompt import render_chat  # start-up: imported only when a command asks for it
+
+    return render_chat(template, messages, system=system)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

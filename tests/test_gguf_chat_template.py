@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.engine.prompt import render_chat
 from harness.gguf.chat_template import (
     STANDARD_CONVERSATION,
     audit_chat_template,
@@ -78,13 +79,18 @@ def test_unknown_tokens_need_a_vocab() -> None:
 GO_DEFAULT = "{{ range .Messages }}{{ .Role }}: {{ .Content }}\n{{ end }}assistant:"
 
 
+def _ollama(go_template: str) -> str:
+    """The prompt Ollama's /api/chat builds from `go_template` for the standard conversation."""
+    return render_chat(go_template, list(STANDARD_CONVERSATION), system=None)
+
+
 def test_a_go_template_that_builds_the_same_prompt_agrees() -> None:
-    assert compare_with_go_template(DEFAULT_CHAT_TEMPLATE, GO_DEFAULT) is None
+    assert compare_with_go_template(DEFAULT_CHAT_TEMPLATE, _ollama(GO_DEFAULT)) is None
 
 
 def test_a_different_go_template_shows_where_the_prompts_part() -> None:
     go = "{{ range .Messages }}{{ .Role }}:{{ .Content }}\n{{ end }}assistant:"  # no space after the colon
-    finding = compare_with_go_template(DEFAULT_CHAT_TEMPLATE, go)
+    finding = compare_with_go_template(DEFAULT_CHAT_TEMPLATE, _ollama(go))
     assert finding is not None and finding.code == "template-mismatch"
     assert "from character 7" in finding.message  # 'system:' then ' You' vs 'You'
     assert "'system:You are" in finding.message and "'system: You are" in finding.message
@@ -92,12 +98,12 @@ def test_a_different_go_template_shows_where_the_prompts_part() -> None:
 
 def test_a_leading_bos_text_is_not_a_difference() -> None:
     jinja = "{{ bos_token }}" + DEFAULT_CHAT_TEMPLATE
-    assert compare_with_go_template(jinja, GO_DEFAULT, bos_token="<s>") is None
+    assert compare_with_go_template(jinja, _ollama(GO_DEFAULT), bos_token="<s>") is None
 
 
 def test_a_go_template_that_does_not_render_is_a_mismatch() -> None:
-    finding = compare_with_go_template(DEFAULT_CHAT_TEMPLATE, '{{ template "x" }}')
-    assert finding is not None and "cannot be rendered" in finding.message
+    finding = compare_with_go_template(DEFAULT_CHAT_TEMPLATE, None, go_error="'template' is not supported")
+    assert finding is not None and "cannot be rendered: 'template' is not supported" in finding.message
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.engine.prompt import render_chat, render_generate
 from harness.errors import ModelfileError
 from harness.modelfile.commands import register
 from harness.modelfile.gotemplate import parse_template
 from harness.modelfile.parse import Command, Modelfile, parse_modelfile, quote
-from harness.modelfile.prompt import render_chat, render_generate
 from harness.modelfile.render import list_modelfile_templates, render_modelfile
 
 SHIPPED = ["chatml", "fixture", "gemma", "llama3"]

@@ -159,19 +159,15 @@ def render_chat_template(
 
 def compare_with_go_template(
     template: str,
-    go_template: str,
+    go_prompt: str | None,
     *,
-    go_system: str | None = None,
+    go_error: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
 ) -> TemplateFinding | None:
-    """A template-mismatch finding when Ollama's prompt from `go_template` (a Modelfile TEMPLATE, with its
-    SYSTEM) differs from the Jinja template's for the standard conversation; None when they agree. A
-    leading BOS text in the Jinja output is ignored (Ollama adds BOS as a token, not as text)."""
-    # The Go-template renderer: imported here only (start-up time of a plain check).
-    from harness.modelfile.gotemplate import TemplateError
-    from harness.modelfile.prompt import render_chat
-
+    """A template-mismatch finding when `go_prompt` - the prompt Ollama builds from a Modelfile TEMPLATE
+    for STANDARD_CONVERSATION (or `go_error`, why it could not) - differs from the Jinja template's; None
+    when they agree. A leading BOS text in the Jinja output is ignored (Ollama adds BOS as a token)."""
     jinja_prompt = render_chat_template(
         template, STANDARD_CONVERSATION, bos_token=bos_token, eos_token=eos_token
     )
@@ -179,12 +175,10 @@ def compare_with_go_template(
         return None  # reported by audit_chat_template
     if bos_token and jinja_prompt.startswith(bos_token):
         jinja_prompt = jinja_prompt[len(bos_token) :]
-    try:
-        go_prompt = render_chat(go_template, list(STANDARD_CONVERSATION), system=go_system)
-    except TemplateError as error:
+    if go_prompt is None:
         return TemplateFinding(
             "template-mismatch",
-            f"the Modelfile TEMPLATE cannot be rendered: {error}",
+            f"the Modelfile TEMPLATE cannot be rendered: {go_error}",
             "fix the Go template (Ollama would refuse it too)",
         )
     if go_prompt == jinja_prompt:

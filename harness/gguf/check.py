@@ -290,10 +290,11 @@ def loads_but_wrong(finding: Finding) -> str | None:
 
 @dataclass(frozen=True)
 class GoTemplate:
-    """An Ollama Modelfile's TEMPLATE (Go text/template) and SYSTEM, to compare with the chat template."""
+    """The prompt Ollama builds from a Modelfile's TEMPLATE (and SYSTEM) for the chat template audit's
+    standard conversation (`chat_template.STANDARD_CONVERSATION`), or why it could not build one."""
 
-    template: str
-    system: str | None = None
+    prompt: str | None
+    error: str | None = None
 
 
 def check_gguf(
@@ -984,7 +985,7 @@ class _Checker:
             self.add(finding.code, finding.message, finding.hint, key="tokenizer.chat_template")
         if self.go_template is not None:
             mismatch = compare_with_go_template(
-                template, self.go_template.template, go_system=self.go_template.system, **specials
+                template, self.go_template.prompt, go_error=self.go_template.error, **specials
             )
             if mismatch is not None:
                 self.add(mismatch.code, mismatch.message, mismatch.hint, key="tokenizer.chat_template")

@@ -100,7 +100,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     output = "json" if args.json else args.format
     files = gguf_files(args.paths)
-    go_template = _go_template(args.modelfile) if args.modelfile else None
+    go_template = _go_template(args.modelfile, args) if args.modelfile else None
     reports: list[CheckReport] = []
     unreadable: list[tuple[str, str, str]] = []
     single = len(args.paths) == 1 and len(files) == 1 and not Path(args.paths[0]).is_dir()
@@ -149,8 +149,12 @@ def gguf_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _go_template(modelfile: str) -> GoTemplate:
+def _go_template(modelfile: str, args: argparse.Namespace) -> GoTemplate:
+    """The prompt Ollama builds from `modelfile`'s TEMPLATE for the chat template audit's conversation,
+    with the renderer the command line hands every command (the engine's prompt assembly)."""
+    from harness.gguf.chat_template import STANDARD_CONVERSATION
     from harness.gguf.check import GoTemplate
+    from harness.modelfile.gotemplate import TemplateError
     from harness.modelfile.parse import parse_modelfile
 
     try:
@@ -165,7 +169,11 @@ def _go_template(modelfile: str) -> GoTemplate:
             f"Modelfile {modelfile} has no TEMPLATE to compare with the chat template",
             "add a TEMPLATE, or leave out --modelfile",
         )
-    return GoTemplate(parsed.template, parsed.system)
+    try:
+        prompt = args.ollama_chat_prompt(parsed.template, list(STANDARD_CONVERSATION), parsed.system)
+    except TemplateError as error:
+        return GoTemplate(None, str(error))
+    return GoTemplate(prompt)
 
 
 def _json_output(reports: list[CheckReport], unreadable: list[tuple[str, str, str]], single: bool) -> str:
