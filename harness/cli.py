@@ -50,13 +50,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module).register(subparsers)
         else:
             subparsers.add_parser(name, help=help_line)
-    parser.set_defaults(ollama_chat_prompt=ollama_chat_prompt)
+    gguf = subparsers.choices["gguf"]  # its check compares a Modelfile's prompt (--modelfile)
+    gguf.set_defaults(ollama_chat_prompt=ollama_chat_prompt)
     return parser
 
 
 def ollama_chat_prompt(template: str, messages: Sequence[Mapping[str, str]], system: str | None) -> str:
     """The prompt Ollama's /api/chat builds from a Modelfile TEMPLATE (and SYSTEM) for `messages`. Given to
-    every command (`args.ollama_chat_prompt`): `harness gguf check --modelfile` compares it with the chat
+    the gguf commands (`args.ollama_chat_prompt`): `harness gguf check --modelfile` compares it with the chat
     template, and the gguf package sits below the engine that owns Ollama's prompt assembly."""
     from harness.engine.prompt import render_chat  # start-up: imported only when a command asks for it
 
