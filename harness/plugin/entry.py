@@ -222,24 +222,31 @@ def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
-    --repeats, --num-predict), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
+    --repeats, --num-predict, at least the file's num_predict), grade, record, and return the
+    `harness.quality.run.SuiteOutcome`. An item's schema goes as `format`, its tools as `tools` (the
+    response is then the reply's content and tool calls, `harness.quality.json_graders.tool_reply`)."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+    from harness.quality.json_graders import tool_reply
     from harness.quality.run import run_quality_suite as run_suite
     from harness.quality.suite_data import load_suite
 
     options = harness_session.options
 
-    def ask(prompt: str, repeat: int) -> str:
-        reply = ollama_client.chat(
-            model_under_test.name,
-            [{"role": "user", "content": prompt}],
-            options={"temperature": 0, "seed": 0, "num_predict": options.num_predict},
-        )
-        return str(reply.text)
-
     def run(name: str) -> Any:
         suite = load_suite(name)
         items = suite.items[: options.max_items] if options.max_items else suite.items
+        num_predict = max(options.num_predict, suite.num_predict or 0)
+
+        def ask(item: Any, prompt: str, repeat: int) -> str:
+            reply = ollama_client.chat(
+                model_under_test.name,
+                [{"role": "user", "content": prompt}],
+                options={"temperature": 0, "seed": 0, "num_predict": num_predict},
+                format=dict(item.schema) if item.schema is not None else None,
+                tools=list(item.tools) or None,
+            )
+            return tool_reply(reply.text, reply.tool_calls) if item.tools else str(reply.text)
+
         return run_suite(
             suite,
             items,

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.quality.scoring import GradeResult, Item, accuracy, grade, pass_rate, pass_rates_by_item
 from harness.quality.suite_data import Suite
 
-Ask = Callable[[str, int], str]  # (prompt text, repeat) -> response
+Ask = Callable[[Item, str, int], str]  # (item, its prompt text, repeat) -> response
 Record = Callable[[dict[str, Any]], None]
 
 
@@ -27,6 +27,7 @@ class SuiteOutcome:
     model: str
     threshold: float
     results: list[tuple[str, GradeResult]] = field(default_factory=list)
+    responses: list[str | None] = field(default_factory=list)  # one per result (None: the request failed)
     errors: list[tuple[str, str]] = field(default_factory=list)
     repeats: int = 1
     expected_to_fail: bool = False
@@ -86,8 +87,8 @@ def run_quality_suite(
     repeats: int = 1,
     expected_to_fail: bool = False,
 ) -> SuiteOutcome:
-    """Ask (the suite's formatted prompt), grade and record every item `repeats` times; returns the outcome
-    (also recorded as the "suite" record).
+    """Ask (the item with the suite's formatted prompt), grade and record every item `repeats` times; returns
+    the outcome (also recorded as the "suite" record).
 
     A `HarnessError` while asking one item (the server refused it, a timeout) is recorded as a failed answer
     with its reason, and the suite goes on; anything else (the server died) propagates.
@@ -100,7 +101,7 @@ def run_quality_suite(
         for repeat in range(repeats):
             response: str | None
             try:
-                response = ask(prompt, repeat)
+                response = ask(item, prompt, repeat)
             except HarnessError as error:
                 outcome.errors.append((item.id, error.message))
                 result = GradeResult(0.0, 0.0, None, None, False, f"request failed: {error.message}")
@@ -108,6 +109,7 @@ def run_quality_suite(
             else:
                 result = grade(item, response)
             outcome.results.append((item.id, result))
+            outcome.responses.append(response)
             record(
                 {
                     "kind": "prompt",

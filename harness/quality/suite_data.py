@@ -1,9 +1,9 @@
 """Load and validate the prompt data of the quality suites (`suites/data/<suite>.yaml`).
 
 A suite file has a header (suite name, version, description, the prompt-format instruction shared by all
-its items, the pass threshold) and a list of items (id, prompt, grader, answer, tags, grader-specific
-fields). Every problem in a file is reported at once, each naming the file, the item id and the problem,
-as one `SuiteDataError`.
+its items, the pass threshold, optionally a token budget and named JSON schemas and tools that items refer
+to) and a list of items (id, prompt, grader, answer, tags, grader-specific fields). Every problem in a file
+is reported at once, each naming the file, the item id and the problem, as one `SuiteDataError`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from typing import Any
 import yaml
 
 from harness.errors import SuiteDataError
+from harness.quality import json_graders  # noqa: F401  (registers the JSON and tool-call graders)
 from harness.quality.scoring import Item, Rubric, get_grader, grader_names
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "suites" / "data"
 DIFFICULTIES = ("easy", "medium", "hard")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_HEADER_KEYS = {"suite", "version", "description", "instruction", "threshold", "items"}
+_HEADER_KEYS = {
+    "suite", "version", "description", "instruction", "threshold", "items", "num_predict", "schemas", "tools",
+}  # fmt: skip
 _ITEM_KEYS = {
     "id", "prompt", "grader", "answer", "tags", "rel_tolerance", "tolerance", "units", "accept", "rubric",
-    "check",
+    "check", "schema", "tools",
 }  # fmt: skip
 _HINT = "fix the file (see suites/data/README.md for the format)"
 
@@ -42,6 +45,7 @@ class Suite:
     instruction: str
     threshold: float
     items: tuple[Item, ...]
+    num_predict: int | None = None  # tokens an answer may need at least (JSON the schema allows)
 
     def item(self, item_id: str) -> Item:
         """The item with this id; `SuiteDataError` if there is none."""
@@ -95,6 +99,12 @@ def _parse_suite(document: Any, path: Path) -> Suite:
     threshold = document.get("threshold", 0.5)
     if not _is_number(threshold) or not 0 <= threshold <= 1:
         problems.append(f"header 'threshold' must be a number in [0, 1], not {threshold!r}")
+    num_predict = document.get("num_predict")
+    if num_predict is not None and (
+        not isinstance(num_predict, int) or isinstance(num_predict, bool) or num_predict < 1
+    ):
+        problems.append(f"header 'num_predict' must be a positive integer, not {num_predict!r}")
+    tables = _named_tables(document, problems)
     raw_items = document.get("items")
     if not isinstance(raw_items, list) or not raw_items:
         problems.append("'items' must be a non-empty list")
@@ -104,7 +114,7 @@ def _parse_suite(document: Any, path: Path) -> Suite:
     for index, raw in enumerate(raw_items):
         item_id = raw.get("id") if isinstance(raw, Mapping) else None
         label = f"item {item_id!r}" if isinstance(item_id, str) else f"item #{index + 1}"
-        item, item_problems = _parse_item(raw)
+        item, item_problems = _parse_item(raw, tables)
         if isinstance(item_id, str):
             if item_id in seen:
                 item_problems.append("duplicate id")
@@ -123,7 +133,53 @@ def _parse_suite(document: Any, path: Path) -> Suite:
         instruction=document["instruction"].strip(),
         threshold=float(threshold),
         items=tuple(items),
+        num_predict=num_predict,
     )
+
+
+def _named_tables(document: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The header's `schemas` (name -> JSON schema) and `tools` (name -> Ollama tool definition)."""
+    tables: dict[str, dict[str, Any]] = {}
+    for key in ("schemas", "tools"):
+        table = document.get(key, {})
+        if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
+            problems.append(f"header {key!r} must map names to mappings")
+            table = {}
+        tables[key] = dict(table)
+    for name, tool in tables["tools"].items():
+        function = tool.get("function")
+        if (
+            tool.get("type") != "function"
+            or not isinstance(function, Mapping)
+            or function.get("name") != name
+        ):
+            problems.append(f"tool {name!r} must be {{type: function, function: {{name: {name}, ...}}}}")
+    return tables
+
+
+def _resolve(
+    raw: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]], problems: list[str]
+) -> tuple[Mapping[str, Any] | None, tuple[Mapping[str, Any], ...]]:
+    """An item's schema (a name from `schemas`, or inline) and tools (names from `tools`)."""
+    schema = raw.get("schema")
+    if isinstance(schema, str):
+        if schema not in tables["schemas"]:
+            problems.append(f"unknown schema {schema!r} (the file's schemas: {', '.join(tables['schemas'])})")
+        schema = tables["schemas"].get(schema)
+    elif schema is not None and not isinstance(schema, Mapping):
+        problems.append("'schema' must be a schema name or a JSON schema mapping")
+        schema = None
+    names = raw.get("tools", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        problems.append("'tools' must be a list of tool names")
+        names = []
+    unknown = [name for name in names if name not in tables["tools"]]
+    if unknown:
+        problems.append(
+            f"unknown tool(s) {', '.join(unknown)} (the file's tools: {', '.join(tables['tools'])})"
+        )
+    tools = tuple(tables["tools"][name] for name in names if name in tables["tools"])
+    return schema, tools
 
 
 def _is_number(value: Any) -> bool:
@@ -156,7 +212,7 @@ def _parse_rubric(raw: Any, problems: list[str]) -> Rubric | None:
     return Rubric(tuple(group for group in groups if group is not None), forbidden)
 
 
-def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
+def _parse_item(raw: Any, tables: Mapping[str, Mapping[str, Any]]) -> tuple[Item | None, list[str]]:
     """The item and the problems found in it (item is None when it cannot be built)."""
     if not isinstance(raw, Mapping):
         return None, ["must be a mapping"]
@@ -191,6 +247,7 @@ def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
     if check is not None and not isinstance(check, str):
         problems.append("'check' must be a string (a Python expression)")
     rubric = _parse_rubric(raw.get("rubric"), problems)
+    schema, tools = _resolve(raw, tables, problems)
     if problems:
         return None, problems
     assert isinstance(item_id, str) and isinstance(prompt, str) and isinstance(grader, str)  # checked above
@@ -207,5 +264,7 @@ def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
         accept=accept or (),
         rubric=rubric,
         check=check,
+        schema=schema,
+        tools=tools,
     )
     return item, get_grader(grader).validate(item)
