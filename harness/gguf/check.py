@@ -7,32 +7,36 @@ keys...). Every finding has a stable code, listed in `CODES` below with its defa
 
 Codes (see `CODES` for the full descriptions):
   file structure:  empty-file, bad-magic, bad-version, truncated-header, bad-counts, truncated-kv, bad-kv,
-                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key
-  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length
+                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key, invalid-utf8
+  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length,
+                   trailing-bytes
   architecture:    missing-architecture, unknown-architecture, no-arch-rules, arch-note
   keys:            missing-key, wrong-type
   hyperparameters: zero-blocks, bad-head-count, bad-rope-dims, odd-head-dim, bad-hparam
   tokenizer:       missing-tokenizer, unknown-tokenizer, tokenizer-length-mismatch, duplicate-token,
-                   missing-byte-tokens, missing-merges, bad-special-token
+                   missing-byte-tokens, missing-merges, tokenizer-mismatch, bad-special-token
   tensors:         vocab-size-mismatch, missing-tensor, wrong-shape, unexpected-tensor
   data (--deep):   non-finite-weights, deep-skipped
+  chat template:   template-error, template-unsafe, template-hidden-unicode, template-unknown-token,
+                   template-mismatch (with a Modelfile's Go TEMPLATE)
+
+Whether a file the checker passes really loads is tested against llama.cpp itself:
+harness/gguf/differential.py judges structured mutants of valid fixtures both ways; errors llama.cpp does
+not refuse are listed, with the reason, in `LOADS_BUT_WRONG`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf.quants import dequantize
 
 from harness.gguf import archs
 from harness.gguf.archs import ArchRule, HParams, KeyRule, Unknown
@@ -45,6 +49,8 @@ from harness.gguf.reader import (
     open_regular_file,
     read_gguf_header,
 )
+from harness.gguf.types import F32 as F32_TYPE
+from harness.gguf.types import GGML_TYPES
 
 Severity = Literal["error", "warning", "info"]
 
@@ -77,6 +83,7 @@ CODES: dict[str, CodeInfo] = {
         "error", 0, "a tensor info has a bad name length, dimension count or dimension"
     ),
     "duplicate-key": CodeInfo("error", 0, "a metadata key appears more than once"),
+    "invalid-utf8": CodeInfo("error", 0, "a key, string value, token or tensor name is not valid UTF-8"),
     # 1: where the tensor data is
     "data-beyond-eof": CodeInfo(
         "error", 1, "tensor data extends beyond the end of the file (file cut short)"
@@ -89,6 +96,7 @@ CODES: dict[str, CodeInfo] = {
     "bad-row-length": CodeInfo(
         "error", 1, "a quantized tensor's row length is not a multiple of its block size"
     ),
+    "trailing-bytes": CodeInfo("warning", 1, "the file goes on after the last tensor's data"),
     # 2: which architecture
     "missing-architecture": CodeInfo("error", 2, "general.architecture is missing"),
     "unknown-architecture": CodeInfo(
@@ -122,7 +130,10 @@ CODES: dict[str, CodeInfo] = {
         "error", 5, "a SentencePiece ('llama') vocab lacks byte tokens <0x00>..<0xFF>"
     ),
     "missing-merges": CodeInfo("error", 5, "a BPE ('gpt2') tokenizer has no tokenizer.ggml.merges"),
-    "bad-special-token": CodeInfo("warning", 5, "a special token id (bos, eos...) is outside the vocabulary"),
+    "tokenizer-mismatch": CodeInfo(
+        "error", 5, "the vocabulary holds tokens the named tokenizer cannot decode (llama.cpp aborts)"
+    ),
+    "bad-special-token": CodeInfo("error", 5, "a special token id (bos, eos...) is outside the vocabulary"),
     # 6: tensors
     "vocab-size-mismatch": CodeInfo("error", 6, "the embedding/output rows differ from the number of tokens"),
     "missing-tensor": CodeInfo("error", 6, "a tensor the architecture needs is missing"),
@@ -135,11 +146,49 @@ CODES: dict[str, CodeInfo] = {
     "deep-skipped": CodeInfo(
         "info", 7, "--deep could not read some tensors' values (type without dequantizer)"
     ),
+    # 8: the chat template (tokenizer.chat_template), rendered in a sandbox
+    "template-error": CodeInfo(
+        "error", 8, "the chat template does not parse or fails to render a standard conversation"
+    ),
+    "template-unsafe": CodeInfo(
+        "error", 8, "the chat template reaches Python/Jinja internals (__class__, __globals__, cycler...)"
+    ),
+    "template-hidden-unicode": CodeInfo(
+        "error", 8, "the chat template holds invisible or text-direction-changing Unicode characters"
+    ),
+    "template-unknown-token": CodeInfo(
+        "warning", 8, "the chat template emits a special token that is not in the vocabulary"
+    ),
+    "template-mismatch": CodeInfo(
+        "warning", 8, "the Modelfile's Go TEMPLATE and the chat template build different prompts"
+    ),
+}
+
+# Errors llama.cpp does not refuse: the file loads and generates, yet the checker calls it an error, for the
+# reason given. Keyed by code, or by "code:key" for one key only. The differential test
+# (harness/gguf/differential.py) accepts a false alarm only when every error it raised is listed here.
+LOADS_BUT_WRONG: dict[str, str] = {
+    "bad-hparam": "a RoPE base that is zero, negative or not finite, or an infinite norm epsilon, loads and "
+    "generates, but every position or activation becomes NaN/meaningless: the output is garbage",
+    "missing-byte-tokens": "without any <0xXX> byte token, llama.cpp runs text made of vocabulary "
+    "pieces only; the first character outside the vocabulary fails the request (_Map_base::at)",
+    "bad-special-token": "llama.cpp replaces an out-of-range bos/eos/unk/pad id by its default and only "
+    "warns; generation then starts or stops on a token the model was not trained for",
+    "invalid-utf8": "GGUF strings are UTF-8 by specification; llama.cpp copies the bytes, but Ollama (Go) "
+    "and every JSON consumer replace or reject them, and a token with bad bytes corrupts output text",
+    "wrong-type:tokenizer.chat_template": "llama.cpp reads tokenizer.chat_template only when a chat "
+    "request needs it: the raw completion works, chat templating (llama.cpp's and Ollama's) finds no "
+    "usable template",
+    "template-error": "llama-server only parses the chat template at start-up; a template that raises on a "
+    "standard conversation, or leaves its messages out, fails or empties every chat request",
+    "template-unsafe": "llama.cpp's raw completion never renders the chat template; a template that reaches "
+    "interpreter internals is an attack on whatever renders it (transformers, Python servers)",
+    "template-hidden-unicode": "invisible and bidirectional characters do not stop loading; they hide what "
+    "the template really emits from a human reviewer (Trojan Source)",
 }
 
 MAX_FINDINGS_PER_CODE = 12
-_DEEP_CHUNK_ELEMENTS = 1 << 20
-_NO_VOCAB_TOKENIZERS = ("no_vocab", "none")
+_BYTE_TOKEN_TYPE = 6  # llama_token_type LLAMA_TOKEN_TYPE_BYTE
 
 
 @dataclass(frozen=True)
@@ -152,6 +201,7 @@ class Finding:
     hint: str
     key: str | None = None
     tensor: str | None = None
+    offset: int | None = None  # byte offset in the file, where one is known
 
     def format(self) -> str:
         return f"{self.severity:<7} {self.code}: {self.message}\n        hint: {self.hint}"
@@ -233,12 +283,31 @@ class CheckReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
 
+def loads_but_wrong(finding: Finding) -> str | None:
+    """Why `finding` is an error although llama.cpp loads and runs such a file, if it is one of those."""
+    return LOADS_BUT_WRONG.get(f"{finding.code}:{finding.key}") or LOADS_BUT_WRONG.get(finding.code)
+
+
+@dataclass(frozen=True)
+class GoTemplate:
+    """The prompt Ollama builds from a Modelfile's TEMPLATE (and SYSTEM) for the chat template audit's
+    standard conversation (`chat_template.STANDARD_CONVERSATION`), or why it could not build one."""
+
+    prompt: str | None
+    error: str | None = None
+
+
 def check_gguf(
-    path: str | os.PathLike[str], *, deep: bool = False, limits: ReadLimits = DEFAULT_LIMITS
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    go_template: GoTemplate | None = None,
 ) -> CheckReport:
-    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all."""
+    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all.
+    With `go_template`, the chat template's prompt is compared with the one Ollama builds from it."""
     header = read_gguf_header(path, limits)
-    return _Checker(header, deep).run()
+    return _Checker(header, deep, go_template).run()
 
 
 # ------------------------------------------------------------------------------------------- internals
@@ -264,9 +333,10 @@ class _SafeFormat(dict[str, object]):
 
 
 class _Checker:
-    def __init__(self, header: GGUFHeader, deep: bool) -> None:
+    def __init__(self, header: GGUFHeader, deep: bool, go_template: GoTemplate | None = None) -> None:
         self.header = header
         self.deep = deep
+        self.go_template = go_template
         self.findings: list[Finding] = []
         self.hparams = HParams()
         self.arch: str | None = None
@@ -283,6 +353,7 @@ class _Checker:
         key: str | None = None,
         tensor: str | None = None,
         severity: Severity | None = None,
+        offset: int | None = None,
     ) -> None:
         self.findings.append(
             Finding(
@@ -292,6 +363,7 @@ class _Checker:
                 _printable(hint),
                 None if key is None else _printable(key),
                 None if tensor is None else _printable(tensor),
+                offset,
             )
         )
 
@@ -304,7 +376,14 @@ class _Checker:
     def run(self) -> CheckReport:
         header = self.header
         for problem in header.problems:
-            self.add(problem.code, problem.message, problem.hint, key=problem.key, tensor=problem.tensor)
+            self.add(
+                problem.code,
+                problem.message,
+                problem.hint,
+                key=problem.key,
+                tensor=problem.tensor,
+                offset=problem.offset,
+            )
         if header.complete:
             self.check_layout()
         if header.kv_complete:
@@ -316,6 +395,8 @@ class _Checker:
                 self.check_tensors()
         if self.deep and header.complete:
             self.check_values()
+        if header.kv_complete:
+            self.check_chat_template()
         return self.report()
 
     def report(self) -> CheckReport:
@@ -412,6 +493,8 @@ class _Checker:
             end = header.data_offset + tensor.offset + nbytes
             if end > header.file_size:
                 beyond.append((tensor, end))
+        if offsets_ok and not beyond:
+            self._check_trailing_bytes(header.data_offset + expected_offset)
         if beyond:
             first, first_end = beyond[0]
             needed = max(end for _, end in beyond)
@@ -424,6 +507,20 @@ class _Checker:
                 f"({needed - header.file_size:,} missing, {len(beyond)} tensor(s) affected)",
                 "the file is cut short (interrupted download or copy, full disk): fetch or build it again",
                 tensor=first.name,
+            )
+
+    def _check_trailing_bytes(self, data_end: int) -> None:
+        """`data_end`: where the last tensor's data ends, padded to the alignment."""
+        header = self.header
+        extra = header.file_size - data_end
+        if extra > 0:
+            self.add(
+                "trailing-bytes",
+                f"the file has {extra:,} bytes after the end of the last tensor's data (offset "
+                f"{data_end:,}); llama.cpp ignores them",
+                "the file was appended to or concatenated with another one: rebuild it, or cut it at "
+                f"{data_end:,} bytes if the extra bytes are known garbage",
+                offset=data_end,
             )
 
     # ------------------------------------------------------------------------------------ architecture
@@ -477,7 +574,7 @@ class _Checker:
             arch_keys = (*archs.COMMON_KEYS, *self.rule.keys) if self.rule.llm_keys else self.rule.keys
             for rule in arch_keys:
                 key = rule.key.format(arch=self.arch)
-                rules[key] = KeyRule(key, rule.types, rule.required, rule.hparam, rule.default, rule.why)
+                rules[key] = dataclasses.replace(rule, key=key)
         return list(rules.values())
 
     def check_keys(self) -> None:
@@ -508,6 +605,7 @@ class _Checker:
                     f"{rule.types[0]})",
                     f"store {rule.key} as {rule.types[0]} (gguf's typed adders: add_uint32, add_float32...)",
                     key=rule.key,
+                    severity=None if rule.read_by_llamacpp else "warning",
                 )
         self._collect_hparams(wrong_typed)
 
@@ -599,7 +697,16 @@ class _Checker:
                 key="tokenizer.ggml.model",
             )
             return
-        if model in _NO_VOCAB_TOKENIZERS:
+        if not tokenizer.has_vocab:
+            if self.rule is not None and self.rule.needs_tokenizer:
+                self.add(
+                    "missing-tokenizer",
+                    f"tokenizer.ggml.model is {model!r}: the model has no vocabulary, so llama.cpp cannot "
+                    "tokenize a prompt (it aborts: Tokenizer not initialized)",
+                    "convert the model together with its tokenizer, or name the tokenizer its vocab needs "
+                    "('llama' for SentencePiece, 'gpt2' for BPE)",
+                    key="tokenizer.ggml.model",
+                )
             return
         if tokens_entry is None or not isinstance(tokens_entry.value, ArrayValue):
             if tokens_entry is None:
@@ -622,6 +729,8 @@ class _Checker:
                 "write the BPE merges from tokenizer.json as tokenizer.ggml.merges",
                 key="tokenizer.ggml.merges",
             )
+        if not tokenizer.decodes_byte_tokens:
+            self._check_byte_token_types(model)
         self._check_special_ids(tokens.length)
         vocab_size = self.hparams.values.get("vocab_size_key")
         if isinstance(vocab_size, int) and vocab_size != tokens.length:
@@ -652,6 +761,22 @@ class _Checker:
                 f"write exactly one {name} entry per token",
                 key=key,
                 severity="error" if shorter else "warning",
+            )
+
+    def _check_byte_token_types(self, model: str) -> None:
+        types = self.header.value("tokenizer.ggml.token_type")
+        if not isinstance(types, ArrayValue) or types.items is None:
+            return
+        count = sum(1 for t in types.items if t == _BYTE_TOKEN_TYPE)
+        if count:
+            self.add(
+                "tokenizer-mismatch",
+                f"tokenizer.ggml.model is {model!r}, but {count} token(s) have token_type BYTE (6), which "
+                "only SentencePiece ('llama') and Unigram ('t5') vocabularies decode; llama.cpp aborts while "
+                "loading the vocab (token_to_byte: fatal error)",
+                "set tokenizer.ggml.model to the tokenizer the vocab was made for (byte tokens <0xXX>: "
+                "'llama'), or reconvert the model",
+                key="tokenizer.ggml.model",
             )
 
     def _check_token_strings(self, tokens: list[str], tokenizer: archs.TokenizerRule) -> None:
@@ -693,8 +818,8 @@ class _Checker:
             if isinstance(value, int) and not isinstance(value, bool) and value >= n_tokens:
                 self.add(
                     "bad-special-token",
-                    f"{key} is {value}, outside the vocabulary of {n_tokens} tokens "
-                    "(llama.cpp warns 'bad special token' and uses its default id)",
+                    f"{key} is {value}, outside the vocabulary of {n_tokens} tokens (llama.cpp: bad special "
+                    "token; it falls back to its default id, a token the model was not trained to use)",
                     f"set {key} to the id of that token in tokenizer.ggml.tokens",
                     key=key,
                 )
@@ -702,15 +827,27 @@ class _Checker:
     # --------------------------------------------------------------------------------------- tensors
     def check_tensors(self) -> None:
         rule = self.rule
-        if rule is None or rule.tensors is None:
+        if rule is None:
             return
+        if rule.llm_keys:
+            self._check_tensor_types()
+        if rule.tensors is None:
+            if rule.llm_keys and self.arch in archs.LLAMACPP_ARCHITECTURES:
+                self._check_tensor_names_from_gguf_py()
+            if rule.shapes is not None:
+                self._check_tensor_rules(rule.shapes, complete=False)
+            return
+        self._check_tensor_rules(rule.tensors, complete=True)
+
+    def _check_tensor_rules(self, rules: tuple[archs.TensorRule, ...], *, complete: bool) -> None:
+        """Shapes of the tensors `rules` name; when the rules are `complete`, also missing and unexpected
+        tensors."""
         n_layer = self.hparams.values.get("n_layer")
         if not isinstance(n_layer, int) or not 1 <= n_layer <= archs.LLAMA_MAX_LAYERS:
             return  # reported as zero-blocks / missing-key; per-block names cannot be listed
         by_name = {t.name: t for t in self.header.tensors}
         allowed: set[str] = set()
-        towers = 0
-        for tensor_rule in rule.tensors:
+        for tensor_rule in rules:
             layers: Iterable[int | None] = range(n_layer) if "{i}" in tensor_rule.name else (None,)
             for layer in layers:
                 name = tensor_rule.name.format(i=layer)
@@ -723,6 +860,8 @@ class _Checker:
                     continue
                 allowed.add(name)
                 tensor = by_name.get(name)
+                if tensor is None and not complete:
+                    continue
                 if tensor is None:
                     alternative = tensor_rule.unless.format(i=layer) if tensor_rule.unless else None
                     if tensor_rule.required and not (alternative and alternative in by_name):
@@ -735,8 +874,20 @@ class _Checker:
                         )
                     continue
                 self._check_shape(tensor, tensor_rule.shape)
+        if complete:
+            self._report_unexpected(lambda name: name in allowed)
+
+    def _check_tensor_names_from_gguf_py(self) -> None:
+        """For an architecture without tensor rules here: every tensor must be one gguf-py lists for it."""
+        assert self.arch is not None
+        known = archs.gguf_py_tensor_names(self.arch)
+        if known is not None:
+            self._report_unexpected(lambda name: archs.tensor_base_name(name) in known)
+
+    def _report_unexpected(self, allowed: Callable[[str], bool]) -> None:
+        towers = 0
         for tensor in self.header.tensors:
-            if tensor.name in allowed:
+            if allowed(tensor.name):
                 continue
             if tensor.name.startswith(archs.EMBEDDED_TOWER_PREFIXES):
                 towers += 1
@@ -756,6 +907,28 @@ class _Checker:
                 "for llama.cpp, split the tower into a separate mmproj GGUF; for Ollama this is fine",
                 severity="warning",
             )
+
+    def _check_tensor_types(self) -> None:
+        for tensor in self.header.tensors:
+            known = GGML_TYPES.get(tensor.ggml_type)
+            if known is None:
+                continue  # reported as bad-tensor-type by check_layout
+            if known.is_integer:
+                self.add(
+                    "bad-tensor-type",
+                    f"tensor '{tensor.name}' has integer type {known.name}; model weights are float or "
+                    "quantized (llama.cpp fails to load it or crashes in the first matrix product)",
+                    "reconvert or requantize the model (llama-quantize); integer types hold no weights",
+                    tensor=tensor.name,
+                )
+            elif len(tensor.ne) == 1 and "norm" in tensor.name and known is not F32_TYPE:
+                self.add(
+                    "bad-tensor-type",
+                    f"norm tensor '{tensor.name}' has type {known.name}; llama.cpp multiplies by norm "
+                    "weights in F32 only (it aborts at the first decode)",
+                    "store 1-D tensors as F32 (convert_hf_to_gguf.py and llama-quantize do)",
+                    tensor=tensor.name,
+                )
 
     def _check_shape(self, tensor: TensorInfo, shape: tuple[str, ...]) -> None:
         try:
@@ -788,12 +961,43 @@ class _Checker:
             tensor=tensor.name,
         )
 
+    # ---------------------------------------------------------------------------------- chat template
+    def check_chat_template(self) -> None:
+        template = self.header.value("tokenizer.chat_template")
+        if not isinstance(template, str) or not template:
+            return
+        # jinja2 is imported only for files that carry a chat template (start-up time of a plain check).
+        from harness.gguf.chat_template import audit_chat_template, compare_with_go_template
+
+        tokens = self.header.value("tokenizer.ggml.tokens")
+        items = tokens.items if isinstance(tokens, ArrayValue) else None
+        vocab = items if isinstance(items, list) else None
+        specials = {"bos_token": "", "eos_token": ""}
+        for name, key in (
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ):
+            token_id = self.header.value(key)
+            if vocab is not None and isinstance(token_id, int) and 0 <= token_id < len(vocab):
+                specials[name] = vocab[token_id]
+        vocab_set = frozenset(vocab) if vocab is not None else None
+        for finding in audit_chat_template(template, vocab_set, **specials):
+            self.add(finding.code, finding.message, finding.hint, key="tokenizer.chat_template")
+        if self.go_template is not None:
+            mismatch = compare_with_go_template(
+                template, self.go_template.prompt, go_error=self.go_template.error, **specials
+            )
+            if mismatch is not None:
+                self.add(mismatch.code, mismatch.message, mismatch.hint, key="tokenizer.chat_template")
+
     # ----------------------------------------------------------------------------------- values (deep)
     def check_values(self) -> None:
         header = self.header
         assert header.data_offset is not None
         if header.byte_order != "<":
             return
+        from harness.gguf.values import count_non_finite  # numpy and gguf-py: imported for --deep only
+
         skipped: set[str] = set()
         handle, _ = open_regular_file(header.path)
         with handle:
@@ -801,12 +1005,11 @@ class _Checker:
                 nbytes = tensor.nbytes
                 if nbytes is None or header.data_offset + tensor.offset + nbytes > header.file_size:
                     continue
-                qtype = GGMLQuantizationType(tensor.ggml_type)
-                if qtype.name.startswith("I") and not qtype.name.startswith("IQ"):
+                if GGML_TYPES[tensor.ggml_type].is_integer:
                     continue  # integer tensors cannot hold NaN
-                counts = self._scan_tensor(handle, tensor, qtype, header.data_offset)
+                counts = count_non_finite(handle, tensor, header.data_offset)
                 if counts is None:
-                    skipped.add(qtype.name)
+                    skipped.add(tensor.type_name)
                     continue
                 nan, inf = counts
                 if nan or inf:
@@ -825,29 +1028,3 @@ class _Checker:
                 "not checked",
                 "gguf-py has no dequantizer for these types",
             )
-
-    @staticmethod
-    def _scan_tensor(
-        handle: Any, tensor: TensorInfo, qtype: GGMLQuantizationType, data_offset: int
-    ) -> tuple[int, int] | None:
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        n_blocks = tensor.n_elements // block
-        blocks_per_chunk = max(1, _DEEP_CHUNK_ELEMENTS // block)
-        handle.seek(data_offset + tensor.offset)
-        nan = inf = 0
-        done = 0
-        while done < n_blocks:
-            count = min(blocks_per_chunk, n_blocks - done)
-            raw = handle.read(count * type_size)
-            if len(raw) < count * type_size:
-                break
-            data = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
-            try:
-                with np.errstate(all="ignore"):  # NaN/Inf in the scales is what we are counting
-                    values = dequantize(data, qtype)
-            except NotImplementedError:
-                return None
-            nan += int(np.count_nonzero(np.isnan(values)))
-            inf += int(np.count_nonzero(np.isinf(values)))
-            done += count
-        return nan, inf
