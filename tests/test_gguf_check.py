@@ -17,7 +17,8 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, TokenType
 from harness.errors import GGUFReadError
 from harness.gguf.broken import ABORT, BROKEN_KINDS, write_broken
 from harness.gguf.build import build_gguf, write_gguf
-from harness.gguf.check import CODES, CheckReport, check_gguf
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import CODES, CheckReport
 from harness.gguf.llamacpp import TrialLoad, trial_load
 from harness.gguf.plan import KV, GGUFPlan, TensorPlan, plan_gguf
 from harness.gguf.spec import ModelSpec, list_profiles, load_profile

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.gguf.check import CODES, LOADS_BUT_WRONG
 from harness.gguf.differential import run_differential
+from harness.gguf.findings import CODES, LOADS_BUT_WRONG
 from harness.gguf.mutants import FAMILIES, all_mutants, describe, random_mutants
 from harness.gguf.plan import GGUFPlan, plan_gguf
 from harness.gguf.spec import load_profile

@@ -30,7 +30,8 @@ from harness.engine.store import (
     normalize_digest,
 )
 from harness.errors import HarnessError
-from harness.gguf.check import check_gguf, loads_but_wrong
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import loads_but_wrong
 from harness.gguf.llamacpp import trial_load
 from harness.gguf.reader import read_gguf_header
 from harness.modelfile.gotemplate import parse_template

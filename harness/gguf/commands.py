@@ -16,7 +16,8 @@ from harness.gguf.spec import list_profiles, load_profile
 from harness.gguf.types import TENSOR_TYPES
 
 if TYPE_CHECKING:
-    from harness.gguf.check import CheckReport, GoTemplate
+    from harness.gguf.check import GoTemplate
+    from harness.gguf.findings import CheckReport
 
 
 def register(subparsers: Any) -> None:

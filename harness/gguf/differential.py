@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.gguf.check import check_gguf, loads_but_wrong
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import loads_but_wrong
 from harness.gguf.llamacpp import judge_files
 from harness.gguf.mutants import Mutant, describe, write_mutant
 from harness.gguf.plan import GGUFPlan

@@ -12,7 +12,7 @@ from pathlib import PurePath
 from typing import Any
 
 from harness import __version__
-from harness.gguf.check import CODES, CheckReport
+from harness.gguf.findings import CODES, CheckReport
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

@@ -43,7 +43,8 @@ from harness.gguf.broken import (
     apply_mutations,
     write_broken,
 )
-from harness.gguf.check import check_gguf, loads_but_wrong
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import loads_but_wrong
 from harness.gguf.llamacpp import trial_load
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec
