@@ -24,6 +24,7 @@ from harness.report.metrics import (
     summarise_suites,
     worst_prompts,
 )
+from harness.report.prompts import FlippedPrompt, flipped_prompts
 from harness.report.stats import Direction, Judgement, Verdict, judge
 from harness.runs import RunRecord, list_runs, load_run
 from harness.units import noise_floor
@@ -172,6 +173,9 @@ class RunReport:
     hosts: list[HostRow] = field(default_factory=list)  # hosts side by side (a multi-host run)
     matrix: MatrixSummary | None = None  # the quantization matrix (a --matrix run)
     comparison: list[MetricComparison] = field(default_factory=list)
+    flipped: list[FlippedPrompt] = field(
+        default_factory=list
+    )  # prompts graded otherwise than in the baseline
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -235,4 +239,5 @@ def build_report(
         if differences:
             report.notes.append(f"baseline {baseline.run_id} is not like-for-like: {'; '.join(differences)}")
         report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
+        report.flipped = flipped_prompts(run, baseline)
     return report
