@@ -77,6 +77,8 @@ def pace(harness_session: Any, ollama_client: Any, model_under_test: Any) -> Pac
 def _record(session: Any, model: str, scenario: str, result: LoadResult, pace: Pace) -> None:
     record = result.to_record(model, scenario)
     record["alone_s"] = pace.alone_s
+    record["rate_per_s"] = result.rate_per_s
+    record["concurrency"] = result.concurrency
     session.record(record)
 
 
@@ -132,7 +134,9 @@ def test_open_loop_poisson_arrivals(harness_session: Any, model_under_test: Any,
         timeout_s=patience,
         stall_timeout_s=patience,
     )
-    _record(harness_session, model_under_test.name, f"open-r{rate:.3g}", result, pace)
+    # Named by what is configured, not by the rate measured for this run (a field of the record), so that two
+    # runs of the suite compare the same scenario.
+    _record(harness_session, model_under_test.name, "open-poisson", result, pace)
     _assert_accounted(result, requests, f"open loop at {rate:.3g} req/s")
     counts = result.counts()
     assert counts["error"] == 0, f"open loop errors: {result.errors_by_kind()}"
@@ -169,7 +173,7 @@ def test_overload_answers_503_instead_of_hanging(
         timeout_s=patience,
         stall_timeout_s=patience,
     )
-    _record(harness_session, model_under_test.name, f"overload-c{sent}", result, pace)
+    _record(harness_session, model_under_test.name, "overload", result, pace)
     _assert_accounted(result, sent, f"overload with {sent} simultaneous requests (patience {patience:.0f} s)")
     counts = result.counts()
     assert counts["error"] == 0, f"overload gave errors other than 503: {result.errors_by_kind()}"

@@ -317,6 +317,17 @@ def model_identities(run: RunRecord) -> dict[str, str]:
     return identities
 
 
+def identity_of(run: RunRecord, model: str) -> str:
+    """The identity of one model name of `run` (see `model_identities`): the same in every run of it."""
+    return model_identities(run).get(model, model)
+
+
+def load_by_identity(run: RunRecord) -> dict[tuple[str, str], LoadSummary]:
+    """The run's load summaries keyed (model identity, scenario), to match them with another run's."""
+    identities = model_identities(run)
+    return {(identities.get(load.model, load.model), load.scenario): load for load in summarise_load(run)}
+
+
 def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
     """Every comparable metric of a run, keyed (model identity, metric name): see `model_identities`."""
     metrics: list[Metric] = []

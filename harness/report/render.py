@@ -376,6 +376,8 @@ def render_report(report: RunReport, output_format: str) -> str:
         parts.append(f"> **Warning:** {warning}" if markdown else f"WARNING: {warning}")
     if report.baseline is None and report.baseline_note:
         parts.append(report.baseline_note)
+    if report.baseline is not None and report.baseline_match:
+        parts.append(f"Baseline {report.baseline.run_id} matched on: {report.baseline_match}.")
     for title, headers, rows in _sections(report):
         if not rows:
             continue
@@ -468,6 +470,7 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
         if report.baseline is None
         else {"id": report.baseline.run_id, "path": str(report.baseline.path)},
         "baseline_note": report.baseline_note,
+        "baseline_match": report.baseline_match,
         "flipped_prompts": [{**asdict(prompt), "change": prompt.change} for prompt in report.flipped],
         "comparison": [
             {
