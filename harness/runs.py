@@ -51,7 +51,8 @@ SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 LATEST_LINK = "latest"
-RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests")  # requests: harness.server_time
+RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests", "finding")  # requests: server_time
+FAILED_TO_START = "failed-to-start"  # the reason's prefix of a run that never started (latest not moved)
 RUN_STATUSES = ("running", "complete", "incomplete")
 FSYNC_INTERVAL_S = 1.0  # results.jsonl reaches the disk at least this often (and at the end)
 
@@ -281,11 +282,24 @@ class RunRecorder:
         write_json_atomic(path / RUN_FILE, record)
         recorder = cls(path, record)
         if update_latest:
-            try:
-                point_latest(reports, path)
-            except OSError as error:  # e.g. a filesystem without symlinks: the run itself is fine
-                log.warning("could not point %s at %s: %s", reports / LATEST_LINK, path, error)
+            recorder.point_latest()
         return recorder
+
+    def point_latest(self) -> None:
+        """Point `reports/latest` at this run (for a run created with `update_latest=False` once it has
+        started for real); a filesystem without symlinks only logs a warning."""
+        try:
+            point_latest(self.path.parent, self.path)
+        except OSError as error:
+            log.warning("could not point %s at %s: %s", self.path.parent / LATEST_LINK, self.path, error)
+
+    def failed_to_start(self, reason: str) -> None:
+        """Close a run that never started (the server did not answer, the model file is unusable): kept,
+        marked `failed_to_start` and incomplete with the reason; `latest` is not moved to it."""
+        with contextlib.suppress(RunRecordError):
+            self.update({"failed_to_start": True})
+        if not self.finished:
+            self.finish("incomplete", f"{FAILED_TO_START}: {reason}")
 
     @property
     def finished(self) -> bool:

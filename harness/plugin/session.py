@@ -73,10 +73,11 @@ class HarnessSession:
     ) -> HarnessSession:
         """Open the run folder (or write through `recorder`: one host of a multi-host run), reach the server
         and read its version; raises HarnessError when that fails (the run folder is then kept, marked
-        incomplete with the reason)."""
+        failed-to-start with the reason, and `reports/latest` is not moved to it)."""
+        own_run = recorder is None
         if recorder is None:
             recorder = RunRecorder.create(
-                options.run_dir, {"options": options.to_record(), "suites": suites or []}
+                options.run_dir, {"options": options.to_record(), "suites": suites or []}, update_latest=False
             )
         session = cls(options, recorder)
         try:
@@ -88,12 +89,22 @@ class HarnessSession:
                 recorder.update({"gguf_check": report.summary_line()})
             session._connect()
         except HarnessError as error:
-            session.finish(status="incomplete", reason=f"the session could not start: {error.message}")
+            session.finish_unstarted(f"the session could not start: {error.message}")
             raise
         except BaseException as error:
-            session.finish(status="incomplete", reason=f"start failed: {type(error).__name__}: {error}")
+            session.finish_unstarted(f"start failed: {type(error).__name__}: {error}")
             raise
+        if own_run and isinstance(recorder, RunRecorder):
+            recorder.point_latest()
         return session
+
+    def finish_unstarted(self, reason: str) -> None:
+        """End a session that never started: clean up, and mark its run failed-to-start (a host of a
+        multi-host run: incomplete with the reason)."""
+        if isinstance(self.recorder, RunRecorder):
+            self.finish(status="incomplete", reason=reason, unstarted=True)
+        else:
+            self.finish(status="incomplete", reason=reason)
 
     def _connect(self) -> None:
         models_dir = self.options.engine_models_dir
@@ -205,8 +216,9 @@ class HarnessSession:
                 problems.append(f"could not delete {model.name}: {error.message}")
         return problems
 
-    def finish(self, *, status: str, reason: str | None = None) -> None:
-        """Clean up (models, engine) and close the run record; safe to call more than once."""
+    def finish(self, *, status: str, reason: str | None = None, unstarted: bool = False) -> None:
+        """Clean up (models, engine) and close the run record (`unstarted`: as failed-to-start); safe to call
+        more than once."""
         problems = self.delete_created_models()
         try:
             self._stack.close()
@@ -216,4 +228,7 @@ class HarnessSession:
             if problems:
                 with contextlib.suppress(HarnessError):
                     self.recorder.update({"cleanup_problems": problems})
-            self.recorder.finish(status, reason)
+            if unstarted and isinstance(self.recorder, RunRecorder):
+                self.recorder.failed_to_start(reason or "the session could not start")
+            else:
+                self.recorder.finish(status, reason)

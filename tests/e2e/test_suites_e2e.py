@@ -178,8 +178,34 @@ def test_a_named_host_that_does_not_answer_exits_2_without_traceback(tmp_path: P
     output = done.stdout + done.stderr
     assert f"no Ollama server answers at 127.0.0.1:{port}" in output
     assert "Traceback" not in output
-    run = only_run(tmp_path)
-    assert run.status == "incomplete" and "could not start" in (run.incomplete_reason or "")
+    assert_failed_to_start(tmp_path, "could not start")
+
+
+def assert_failed_to_start(reports: Path, reason: str) -> None:
+    """A session that could not start keeps a run folder marked failed-to-start, and `latest` never
+    points at it."""
+    (folder,) = [entry for entry in reports.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    assert not (reports / "latest").exists(), "latest must not point at a run that never started"
+    run = load_run(folder)
+    assert run.meta.get("failed_to_start") is True and run.status == "incomplete"
+    assert (run.incomplete_reason or "").startswith("failed-to-start: ") and reason in run.incomplete_reason
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_gguf_leaves_latest_where_it_was(tmp_path: Path) -> None:
+    """A session that fails to start (--gguf of a missing file) does not move `latest` off the last run."""
+    reports = tmp_path / "reports"
+    earlier = reports / "20200101-000000-aaaaaa"
+    earlier.mkdir(parents=True)
+    (reports / "latest").symlink_to(earlier.name)
+    done, _ = run_suites(reports, str(SUITES), "--embedded-engine", "--gguf", str(tmp_path / "missing.gguf"))
+    assert done.returncode == 2, explain(done)
+    assert "missing.gguf" in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
+    assert (reports / "latest").resolve() == earlier.resolve()
+    started = [entry for entry in reports.iterdir() if entry.is_dir() and entry.name != earlier.name]
+    assert [load_run(entry).meta.get("failed_to_start") for entry in started if not entry.is_symlink()] == [
+        True
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -199,6 +225,7 @@ def test_a_gguf_with_check_errors_stops_the_run_with_its_findings(tmp_path: Path
     assert done.returncode == 2, explain(done)
     output = done.stdout + done.stderr
     assert "llama.context_length" in output and "Traceback" not in output
+    assert_failed_to_start(tmp_path / "reports", "could not start")
 
 
 @pytest.mark.timeout(180)
