@@ -126,6 +126,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fixture_weights(reason): needs the fixture models; skipped with --model/--gguf"
     )
+    config.addinivalue_line(
+        "markers",
+        "destructive: feeds the server input that may kill it (broken files); runs after every other test",
+    )
 
 
 def activate(config: pytest.Config) -> None:

@@ -186,6 +186,23 @@ class HarnessSession:
                 self.server_down = f"{self.server.describe()} stopped answering: {why}"
         return self.server_down
 
+    def death_finding(self, case: str, stage: str, path: Path) -> dict[str, Any]:
+        """The "finding" record of a server that the input of `case` (the file `path`) killed at `stage`
+        ("create", "load"): which server and version, which file (a server bug: bad input must get an error
+        answer, never a crash)."""
+        server = "the embedded engine" if self.is_embedded else "Ollama"
+        doing = {"create": "creating", "load": "loading"}.get(stage, "using")
+        return {
+            "kind": "finding",
+            "finding": "server-died",
+            "text": f"{server} {self.server_version} exited while {doing} {case} ({path.name})",
+            "case": case,
+            "stage": stage,
+            "file": str(path),
+            "server_version": self.server_version,
+            "reason": self.server_down,
+        }
+
     # ---------------------------------------------------------------------------------------- recording
 
     def record(self, record: dict[str, Any]) -> None:

@@ -184,6 +184,15 @@ def _suites_section(report: RunReport) -> Section | None:
     return ("Suites", [*headers, "threshold", "result"], rows)
 
 
+def _findings_section(report: RunReport) -> Section | None:
+    """What the run found about the server itself: a broken file that killed it, the tests left unrun."""
+    findings = report.run.of_kind("finding")
+    if not findings:
+        return None
+    rows = [[f.get("finding", "-"), f.get("host", "-"), _short(f.get("text"), 110)] for f in findings]
+    return ("Findings", ["finding", "host", "what"], rows)
+
+
 def _worst_section(report: RunReport) -> Section | None:
     if not report.worst:
         return None
@@ -331,6 +340,7 @@ def _flipped_section(report: RunReport) -> Section | None:
 SECTIONS: tuple[Callable[[RunReport], Section | None], ...] = (
     _run_section,
     _suites_section,
+    _findings_section,
     _worst_section,
     _latency_section,
     _throughput_section,
@@ -439,6 +449,7 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
             }
             for s in report.suites
         ],
+        "findings": run.of_kind("finding"),
         "worst_prompts": report.worst,
         "load": [
             {

@@ -259,6 +259,64 @@ def test_server_death_ends_the_run_at_once_and_keeps_it_incomplete(tmp_path: Pat
     assert [record["outcome"] for record in run.of_kind("test")] == ["failed"]
 
 
+@pytest.mark.timeout(180)
+def test_destructive_cases_run_last_and_a_server_they_kill_is_a_finding(tmp_path: Path) -> None:
+    """A `destructive` case written first runs after the others; the server it kills is named, with its
+    version and the file, as a finding in the report, and the cases after it as not run."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text((SUITES / "conftest.py").read_text())
+    (suite / "test_order.py").write_text(
+        textwrap.dedent(
+            """
+            import os, pathlib, signal, time
+            import pytest
+
+            @pytest.mark.destructive
+            @pytest.mark.parametrize("case", ["kills-it", "after-it"])
+            def test_broken_input(case, harness_session, ollama_client):
+                if case == "kills-it":
+                    os.kill(harness_session.server.pid, signal.SIGKILL)
+                    for _ in range(100):
+                        if harness_session.check_server() is not None:
+                            break
+                        time.sleep(0.1)
+                if harness_session.check_server() is not None:
+                    path = pathlib.Path("x.gguf")
+                    harness_session.record(harness_session.death_finding(case, "load", path))
+                assert harness_session.server_down is None
+
+            @pytest.mark.parametrize("suite", ["quality", "load", "memory"])
+            def test_other_suites(suite, ollama_client):
+                ollama_client.version()
+            """
+        )
+    )
+    done, _ = run_suites(tmp_path / "reports", str(suite), "--embedded-engine", cwd=suite)
+    assert done.returncode == 2, explain(done)
+    run = only_run(tmp_path / "reports")
+    order = [(record["nodeid"].split("::")[1], record["outcome"]) for record in run.of_kind("test")]
+    assert order == [
+        ("test_other_suites[quality]", "passed"),
+        ("test_other_suites[load]", "passed"),
+        ("test_other_suites[memory]", "passed"),
+        ("test_broken_input[kills-it]", "failed"),
+    ], order
+    findings = {record["finding"]: record for record in run.of_kind("finding")}
+    version = run.meta["server"]["version"]
+    assert (
+        findings["server-died"]["text"]
+        == f"the embedded engine {version} exited while loading kills-it (x.gguf)"
+    )
+    assert findings["not-run"]["tests"] == ["test_order.py::test_broken_input[after-it]"], findings
+    report = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(run.path), "--no-baseline"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "== Findings" in report.stdout and "exited while loading kills-it" in report.stdout, report.stdout
+    assert "1 test(s) not run" in report.stdout and report.returncode == 1
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_is_kept_incomplete_and_leaves_no_server(tmp_path: Path, signum: int) -> None:
