@@ -59,6 +59,7 @@ class HarnessSession:
         self.server: Server | None = None
         self.client: OllamaClient | None = None
         self.server_version: str | None = None
+        self.scheduler: dict[str, int] = {}  # what the server said of its settings (harness/engine/app.py)
         self.models: list[ModelUnderTest] = []
         self.server_down: str | None = None
         self.interrupted: str | None = None
@@ -127,6 +128,7 @@ class HarnessSession:
 
         self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)
         self.server_version = self.client.version()
+        self.scheduler = self.client.scheduler_settings() or {}
         self.recorder.update(
             {
                 "server": {
@@ -138,6 +140,7 @@ class HarnessSession:
                     "pid": self.server.pid,
                     "num_parallel": self.num_parallel,
                     "max_queue": self.max_queue,
+                    "settings_from": {key: self.setting_source(key) for key in ("num_parallel", "max_queue")},
                     "log": ENGINE_LOG if self.is_embedded else None,
                 }
             }
@@ -150,22 +153,30 @@ class HarnessSession:
         """Whether the server is the embedded engine this session started."""
         return self.server is not None and self.server.kind == "embedded"
 
+    def scheduler_setting(self, name: str) -> int | None:
+        """A scheduler setting (`num_parallel`, `max_queue`) known or asked, never assumed: what the server
+        says (the embedded engine, started here or by `harness serve`, answers), else harness.toml `[load]`,
+        else None (unknown: the tests that need it skip with the reason)."""
+        if name in self.scheduler:
+            return self.scheduler[name]
+        value = self.options.config.load.get(name)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def setting_source(self, name: str) -> str | None:
+        """Where `scheduler_setting(name)` came from: "server", "harness.toml" or None (unknown)."""
+        if name in self.scheduler:
+            return "server"
+        return "harness.toml" if self.scheduler_setting(name) is not None else None
+
     @property
     def num_parallel(self) -> int | None:
-        """Parallel requests per model the server runs: known for the embedded engine, else from
-        harness.toml `[load] num_parallel`, else None (unknown)."""
-        if self.is_embedded:
-            return EMBEDDED_NUM_PARALLEL
-        value = self.options.config.load.get("num_parallel")
-        return int(value) if isinstance(value, int) else None
+        """Parallel requests per model the server runs (`scheduler_setting`)."""
+        return self.scheduler_setting("num_parallel")
 
     @property
     def max_queue(self) -> int | None:
-        """Requests the server queues before answering 503: as for `num_parallel`."""
-        if self.is_embedded:
-            return EMBEDDED_MAX_QUEUE
-        value = self.options.config.load.get("max_queue")
-        return int(value) if isinstance(value, int) else None
+        """Requests the server queues before answering 503 (`scheduler_setting`)."""
+        return self.scheduler_setting("max_queue")
 
     def require_client(self) -> OllamaClient:
         """The client; raises ServerError when the session has none (start failed) or the server is down."""
