@@ -9,7 +9,7 @@ Supported:
   parts, each part becoming a message of its own as in Ollama), stream, stream_options.include_usage,
   max_tokens (num_predict), temperature (default 1.0), top_p (default 1.0), seed, stop (a string or a list;
   non-strings in the list are skipped), frequency_penalty, presence_penalty, reasoning_effort /
-  reasoning.effort "none".
+  reasoning.effort (`think`: the level, or false for "none"; the thinking comes back as `reasoning`).
 - `POST /v1/completions`: model, prompt (a string), the same options (penalties default 0, a top_p of 0
   means 1.0, a non-string in a `stop` list is a 400), stream, stream_options.include_usage.
 - `POST /v1/embeddings`: model, input (a string, "" meaning [""], or a list of strings), dimensions,
@@ -27,21 +27,25 @@ carry a zero usage before it, as Ollama's do).
 Errors are `{"error": {"message", "type", "param": null, "code": null}}`. Faults of the OpenAI request itself
 (bad JSON, field types, in Go's wording; empty messages; bad content parts...) are 400
 `invalid_request_error`. Errors of the engine keep their status and text (404 `model 'x' not found`, 400,
-500 for a model that fails to load, 503) with type `api_error`, the type Ollama gives every forwarded error.
+500 for a model that fails to load, 503) with Ollama's type for the status (`openai.NewError`: 400
+`invalid_request_error`, 404 `not_found_error`, others `api_error`).
 
 Not supported, and said so, never silently wrong:
-- tools: 400 `<full model name> does not support tools`, Ollama's answer for a model without the tools
-  capability (a model whose template has it gets a 400 saying this engine cannot parse tool calls).
-  tool_calls in messages: 400 naming the field.
-- reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
-  for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
+- tools, as /api/chat serves them (tools.py), for a model with the `tools` capability (else 400 `<full model
+  name> does not support tools`, as Ollama); `tool_calls` in the answer (arguments as a JSON string,
+  finish_reason `tool_calls`; streamed in a delta of their own), assistant `tool_calls` and `tool` messages
+  (named after their call) in the history; `tool_choice` is ignored, as Ollama ignores it.
+- reasoning effort "low", "medium" or "high" on a model without thinking: 400 `"<model>" does not support
+  thinking`, Ollama's answer; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
 - image_url content parts (checked as Ollama checks them first), logprobs on /v1/completions (chat has
-  them), _debug_render_only: Ollama supports them; a 400 names the field.
+  them): Ollama supports them; a 400 names the field.
+- `_debug_render_only` as in Ollama: chat answers the rendered prompt in `_debug_info` (usage 0,
+  finish_reason null), completions an empty completion.
 - response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
   suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
-  and a message's `name` and `reasoning`.
+  and the `name` of a message that is not a tool result. A message's `reasoning` becomes its thinking.
 
 Differences from Ollama: a body that is not JSON gets Python's decoder text, not Go's (same status and type).
 And, deliberately, an error after a stream has begun. Ollama's middleware decodes the in-band
@@ -52,16 +56,11 @@ shape, which OpenAI clients raise) and without `data: [DONE]`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import random
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -76,27 +75,29 @@ from harness.engine.godecode import (
     GoDecodeError,
     GoField,
     check_field_types,
-    go_dynamic_type,
     json_kind,
 )
 from harness.engine.names import InvalidNameError, ModelName
+from harness.engine.openai_translate import (
+    ChunkMaker,
+    OpenAIRequestError,
+    chat_chunk,
+    chat_completion,
+    chat_request_to_ollama,
+    completion_request_to_ollama,
+    embed_request_to_ollama,
+    embedding_list,
+    text_completion,
+    text_completion_chunk,
+    unix_time,
+    usage,
+)
 from harness.engine.routing import ApiError, gin_route
 
 if TYPE_CHECKING:
     from harness.engine.service import OllamaHandlers
 
-SYSTEM_FINGERPRINT = "fp_ollama"
-REASONING_EFFORTS = ("high", "medium", "low", "none")
-IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
 EVENT_STREAM_HEADERS = {"content-type": "text/event-stream"}
-
-
-class OpenAIRequestError(Exception):
-    """A fault of the OpenAI request itself: 400 `invalid_request_error`."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def error_response(status: int, message: str, error_type: str) -> JSONResponse:
@@ -106,9 +107,13 @@ def error_response(status: int, message: str, error_type: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
 def forwarded_error(status: int, message: str) -> JSONResponse:
-    """An engine error as Ollama's middleware forwards it: the engine's status and text, type `api_error`."""
-    return error_response(status, message, "api_error")
+    """An engine error as Ollama's middleware forwards it (`openai.NewError`): the engine's status and text,
+    type `invalid_request_error` for a 400, `not_found_error` for a 404, else `api_error`."""
+    return error_response(status, message, ERROR_TYPES.get(status, "api_error"))
 
 
 # --- the request structs Ollama decodes (harness.engine.godecode checks them) -------------------------
@@ -173,7 +178,6 @@ EMBED_REQUEST_FIELDS: Mapping[str, GoField] = {
     "dimensions": INT,
     "encoding_format": STRING,
 }
-ENCODING_FORMATS = ("float", "base64")
 
 
 async def read_openai_body(request: Request, struct: str, fields: Mapping[str, GoField]) -> dict[str, Any]:
@@ -194,306 +198,6 @@ async def read_openai_body(request: Request, struct: str, fields: Mapping[str, G
     except GoDecodeError as error:
         raise OpenAIRequestError(str(error)) from None
     return data
-
-
-# --- OpenAI request -> Ollama request -------------------------------------------------------------------
-
-
-def _unsupported(what: str) -> OpenAIRequestError:
-    return OpenAIRequestError(f"{what} is not supported by the embedded engine")
-
-
-def _check_image_part(part: Mapping[str, Any]) -> None:
-    """Ollama's checks of an image_url part, then the refusal: this engine runs no vision model."""
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str):
-        raise OpenAIRequestError("invalid message format")
-    if url.startswith(("http://", "https://")):
-        raise OpenAIRequestError(
-            "image URLs are not currently supported, please use base64 encoded data instead"
-        )
-    prefix = next((p for p in ("data:;base64,", *IMAGE_PREFIXES) if url.startswith(p)), None)
-    if prefix is None:
-        raise OpenAIRequestError("invalid image input")
-    try:
-        base64.b64decode(url[len(prefix) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise OpenAIRequestError("invalid image input") from None
-    raise _unsupported("image_url content")
-
-
-def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own."""
-    converted = []
-    for message in messages:
-        role = message.get("role") or ""
-        content = message.get("content")
-        if message.get("tool_calls"):
-            raise _unsupported("tool_calls in messages")
-        if isinstance(content, str):
-            converted.append({"role": role, "content": content})
-            continue
-        if not isinstance(content, list):
-            raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
-        for part in content:
-            if not isinstance(part, dict):
-                raise OpenAIRequestError("invalid message format")
-            if part.get("type") == "image_url":
-                _check_image_part(part)
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise OpenAIRequestError("invalid message format")
-            converted.append({"role": role, "content": part["text"]})
-    return converted
-
-
-def _stop_option(stop: Any, *, strict: bool) -> list[str] | None:
-    """`stop` as Ollama's option: a string or the strings of a list (a non-string is skipped, or an error
-    when `strict`, as in `FromCompleteRequest`); None when not set."""
-    if isinstance(stop, str):
-        return [stop]
-    if not isinstance(stop, list):
-        return None
-    for item in stop:
-        if strict and not isinstance(item, str):
-            raise OpenAIRequestError(f"invalid type for 'stop' field: {go_dynamic_type(item)}")
-    return [item for item in stop if isinstance(item, str)] or None
-
-
-def _reasoning_effort(data: Mapping[str, Any]) -> str:
-    """The requested reasoning effort ("" when none), checked as Ollama checks it."""
-    if isinstance(data.get("reasoning"), dict):
-        effort = data["reasoning"].get("effort") or ""
-    else:
-        effort = data.get("reasoning_effort") or ""
-    if effort and effort not in REASONING_EFFORTS:
-        raise OpenAIRequestError(
-            f'invalid reasoning value: \'{effort}\' (must be "high", "medium", "low", or "none")'
-        )
-    return str(effort)
-
-
-def _length_and_temperature(data: Mapping[str, Any], *, strict_stop: bool) -> dict[str, Any]:
-    """The options both middlewares set alike: stop, num_predict from max_tokens, temperature (default 1)."""
-    options: dict[str, Any] = {}
-    stop = _stop_option(data.get("stop"), strict=strict_stop)
-    if stop is not None:
-        options["stop"] = stop
-    if data.get("max_tokens") is not None:
-        options["num_predict"] = data["max_tokens"]
-    options["temperature"] = 1.0 if data.get("temperature") is None else data["temperature"]
-    return options
-
-
-def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The /api/chat body for a (type-checked) chat completions request, with `think` when a reasoning
-    effort is given (as Ollama's ChatRequest has it); unsupported fields raise."""
-    messages = data.get("messages") or []
-    if not messages:
-        raise OpenAIRequestError("[] is too short - 'messages'")
-    converted = ollama_messages(messages)
-    options = _length_and_temperature(data, strict_stop=False)
-    for name in ("seed", "frequency_penalty", "presence_penalty"):
-        if data.get(name) is not None:
-            options[name] = data[name]
-    options["top_p"] = 1.0 if data.get("top_p") is None else data["top_p"]
-    effort = _reasoning_effort(data)
-    response_format = data.get("response_format") or {}
-    format_type = str(response_format.get("type") or "").strip().lower()
-    output_format: Any = None
-    if format_type == "json_object":  # Ollama's ChatMiddleware: the old type means format "json"
-        output_format = "json"
-    elif format_type == "json_schema" and response_format.get("json_schema"):
-        output_format = (response_format["json_schema"] or {}).get("schema")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
-    body = {
-        "model": data.get("model") or "",
-        "messages": converted,
-        "options": options,
-        "stream": bool(data.get("stream")),
-    }
-    if effort:
-        body["think"] = effort != "none"
-    if output_format is not None:
-        body["format"] = output_format
-    if data.get("tools"):
-        body["tools"] = data["tools"]  # the engine's capability check answers it, as Ollama's does
-    if data.get("logprobs"):
-        body["logprobs"] = True
-    if data.get("top_logprobs") is not None:
-        body["top_logprobs"] = data["top_logprobs"]
-    return body
-
-
-def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The /api/generate body for a (type-checked) completions request; unsupported fields raise."""
-    options = _length_and_temperature(data, strict_stop=True)
-    if data.get("seed") is not None:
-        options["seed"] = data["seed"]
-    options["frequency_penalty"] = data.get("frequency_penalty") or 0.0
-    options["presence_penalty"] = data.get("presence_penalty") or 0.0
-    options["top_p"] = data.get("top_p") or 1.0
-    if (data.get("logprobs") or 0) > 0:
-        raise _unsupported("logprobs")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
-    body = {
-        "model": data.get("model") or "",
-        "prompt": data.get("prompt") or "",
-        "options": options,
-        "stream": bool(data.get("stream")),
-    }
-    if data.get("suffix"):
-        body["suffix"] = data["suffix"]  # the engine's capability check answers it, as Ollama's does
-    return body
-
-
-def embed_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The /api/embed body for a (type-checked) embeddings request, checked as `EmbeddingsMiddleware` does."""
-    encoding_format = data.get("encoding_format") or ""
-    if encoding_format and encoding_format.lower() not in ENCODING_FORMATS:
-        raise OpenAIRequestError(
-            f"Invalid value for 'encoding_format' = {encoding_format}. Supported values: ['float', 'base64']."
-        )
-    value = data.get("input")
-    if value == "":
-        value = [""]
-    if value is None or value == []:
-        raise OpenAIRequestError("invalid input")
-    return {"model": data.get("model") or "", "input": value, "dimensions": data.get("dimensions") or 0}
-
-
-# --- Ollama answer -> OpenAI answer ---------------------------------------------------------------------
-
-
-def _unix_time(timestamp: Any) -> int:
-    """Seconds since the epoch of an ISO 8601 time (now when it is missing or unreadable)."""
-    try:
-        return int(datetime.fromisoformat(str(timestamp)).timestamp())
-    except ValueError:
-        return int(time.time())
-
-
-def usage(event: Mapping[str, Any]) -> dict[str, int]:
-    """OpenAI usage from an Ollama final event (`ToUsage`)."""
-    prompt_tokens = int(event.get("prompt_eval_count") or 0)
-    completion_tokens = int(event.get("eval_count") or 0)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
-    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`)."""
-    message = answer.get("message") or {}
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": _unix_time(answer.get("created_at")),
-        "model": answer.get("model", ""),
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": message.get("role", ""), "content": message.get("content", "")},
-                "finish_reason": answer.get("done_reason") or None,
-                **_choice_logprobs(answer),
-            }
-        ],
-        "usage": usage(answer),
-    }
-
-
-def _choice_logprobs(answer: Mapping[str, Any]) -> dict[str, Any]:
-    """A choice's `logprobs`: Ollama's own entries as OpenAI's `content` list, when there are any."""
-    return {"logprobs": {"content": answer["logprobs"]}} if answer.get("logprobs") else {}
-
-
-def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool) -> dict[str, Any]:
-    """A `chat.completion.chunk` for one /api/chat event (`ToChunk`)."""
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": event.get("model", ""),
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": (event.get("message") or {}).get("content", "")},
-                "finish_reason": event.get("done_reason") or None,
-                **_choice_logprobs(event),
-            }
-        ],
-    }
-
-
-def text_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
-    """A `text_completion` for a whole /api/generate answer (`ToCompletion`)."""
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": _unix_time(answer.get("created_at")),
-        "model": answer.get("model", ""),
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [
-            {
-                "text": answer.get("response", ""),
-                "index": 0,
-                "finish_reason": answer.get("done_reason") or None,
-            }
-        ],
-        "usage": usage(answer),
-    }
-
-
-def text_completion_chunk(
-    completion_id: str, event: Mapping[str, Any], include_usage: bool
-) -> dict[str, Any]:
-    """A streamed `text_completion` for one /api/generate event (`ToCompleteChunk`); with include_usage it
-    carries a zero usage, as Ollama's `CompleteWriter` writes it."""
-    chunk: dict[str, Any] = {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "choices": [
-            {"text": event.get("response", ""), "index": 0, "finish_reason": event.get("done_reason") or None}
-        ],
-        "model": event.get("model", ""),
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-    }
-    if include_usage:
-        chunk["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return chunk
-
-
-def embedding_list(model: str, answer: Mapping[str, Any], encoding_format: str) -> dict[str, Any]:
-    """An OpenAI embedding list for an /api/embed answer (`ToEmbeddingList`): vectors as floats, or base64 of
-    their little-endian float32 bytes."""
-    as_base64 = encoding_format.lower() == "base64"
-    data = [
-        {
-            "object": "embedding",
-            "embedding": base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-            if as_base64
-            else vector,
-            "index": index,
-        }
-        for index, vector in enumerate(answer.get("embeddings") or [])
-    ]
-    tokens = int(answer.get("prompt_eval_count") or 0)
-    return {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-
-
-ChunkMaker = Callable[[str, Mapping[str, Any], bool], dict[str, Any]]
 
 
 def json_body(response: Response) -> Any:
@@ -536,6 +240,7 @@ async def sse_stream(
     per event; after the final one the usage chunk (with include_usage) and `[DONE]`. An in-band engine error
     ends the stream with OpenAI's error object and no `[DONE]`."""
     events = ollama_events(answer)
+    tool_call_sent, first_chunk = False, True
     try:
         async for event in events:
             if "error" in event:
@@ -551,6 +256,20 @@ async def sse_stream(
                 )
                 return
             chunk = make_chunk(completion_id, event, include_usage)
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta")
+                if delta is None:
+                    continue
+                # ChatWriter: once a tool call has been sent, the finish reason is tool_calls; the role
+                # comes in the first delta only, and a later delta with nothing in it is empty
+                tool_call_sent = tool_call_sent or bool(delta.get("tool_calls"))
+                if tool_call_sent and choice.get("finish_reason"):
+                    choice["finish_reason"] = "tool_calls"
+                if not first_chunk:
+                    delta.pop("role", None)
+                    if delta.get("content") == "" and len(delta) == 1:
+                        del delta["content"]
+            first_chunk = False
             yield server_sent_event(chunk)
             if event.get("done"):
                 if include_usage:
@@ -590,9 +309,11 @@ def _namespace(raw_name: str) -> str:
 # --- handlers -------------------------------------------------------------------------------------------
 
 
-def _openai_errors(
+def openai_errors(
     method: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with OpenAI's error objects for request faults and engine errors."""
+
     async def endpoint(request: Request) -> Response:
         try:
             return await method(request)
@@ -662,7 +383,7 @@ class OpenAICompat:
             {
                 "id": entry["name"],
                 "object": "model",
-                "created": _unix_time(entry.get("modified_at")),
+                "created": unix_time(entry.get("modified_at")),
                 "owned_by": _namespace(entry["name"]),
             }
             for entry in listing.get("models") or []
@@ -677,19 +398,19 @@ class OpenAICompat:
             {
                 "id": raw_name,
                 "object": "model",
-                "created": _unix_time(shown.get("modified_at")),
+                "created": unix_time(shown.get("modified_at")),
                 "owned_by": _namespace(raw_name),
             }
         )
 
 
 def openai_routes(engine: OllamaHandlers) -> list[Route]:
-    """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
+    """The /v1 routes Ollama serves for OpenAI clients (/v1/responses: openai_responses.py)."""
     compat = OpenAICompat(engine)
     return [
-        gin_route("/v1/chat/completions", _openai_errors(compat.chat_completions), ["POST"]),
-        gin_route("/v1/completions", _openai_errors(compat.completions), ["POST"]),
-        gin_route("/v1/embeddings", _openai_errors(compat.embeddings), ["POST"]),
-        gin_route("/v1/models", _openai_errors(compat.list_models), ["GET"]),
-        gin_route("/v1/models/{model}", _openai_errors(compat.retrieve_model), ["GET"]),
+        gin_route("/v1/chat/completions", openai_errors(compat.chat_completions), ["POST"]),
+        gin_route("/v1/completions", openai_errors(compat.completions), ["POST"]),
+        gin_route("/v1/embeddings", openai_errors(compat.embeddings), ["POST"]),
+        gin_route("/v1/models", openai_errors(compat.list_models), ["GET"]),
+        gin_route("/v1/models/{model}", openai_errors(compat.retrieve_model), ["GET"]),
     ]
