@@ -169,7 +169,7 @@ def test_suite_files_with_a_bad_budget_or_a_scored_fewshot_example_are_refused(t
         load_suite(path)
     message = str(caught.value)
     for problem in (
-        "'num_predict' must be an integer >= 1",
+        "'num_predict' must be a positive integer",
         "'stop' must be a list",
         "fewshot example #2: prompt and answer must be non-empty",
         "fewshot example #1 is a scored item",

@@ -139,7 +139,7 @@ def _parse_suite(document: Any, path: Path) -> Suite:
         problems.append(f"header 'threshold' must be a number in [0, 1], not {threshold!r}")
     num_predict = document.get("num_predict", DEFAULT_SUITE_NUM_PREDICT)
     if not isinstance(num_predict, int) or isinstance(num_predict, bool) or num_predict < 1:
-        problems.append(f"header 'num_predict' must be an integer >= 1, not {num_predict!r}")
+        problems.append(f"header 'num_predict' must be a positive integer, not {num_predict!r}")
     stop = _string_list(document.get("stop", []))
     if stop is None:
         problems.append("header 'stop' must be a list of non-empty strings")
