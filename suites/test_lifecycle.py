@@ -257,6 +257,7 @@ REFUSED_KINDS = sorted(
 )
 
 
+@pytest.mark.destructive
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind_name", REFUSED_KINDS)
 def test_broken_gguf_is_rejected_with_its_cause(
@@ -271,7 +272,9 @@ def test_broken_gguf_is_rejected_with_its_cause(
     harness_property("stage", stage)
     harness_property("error", error)
     harness_property("checker_codes", [finding.code for finding in findings.errors])
-    assert harness_session.check_server() is None, (
+    if harness_session.check_server() is not None:
+        harness_session.record(harness_session.death_finding(kind_name, stage, path))
+    assert harness_session.server_down is None, (
         f"the server died on {kind_name}: {harness_session.server_down}"
     )
     assert error is not None, f"{kind.description}: accepted at create and generated without error"

@@ -320,6 +320,7 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     assert [names for names in models.values() if names == [quality_model]], models
     summary = (workspace / ".night-1" / "summary.md").read_text(encoding="utf-8")
     assert summary.count("**Result: OK**") == 2, summary
+    assert "first night: no earlier runs" in summary and "No baseline" in summary, summary
 
     # Night 2, on the runs restored from night 1: the math suite too. The stand-in for the quality model is
     # not a language model, so its run fails and the report step fails the job; the fixture run is compared
@@ -340,3 +341,5 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     fixtures_name = next(name for name, names in models.items() if names != [quality_model])
     assert f"Against baseline {first_runs[fixtures_name].name}" in summary, summary
     assert summary.count("**Result: OK**") == 1, summary
+    # From the second night on a missing baseline is an error (no first-night notice); both runs found one.
+    assert "first night" not in summary and "No baseline" not in summary, summary

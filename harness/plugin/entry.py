@@ -24,7 +24,6 @@ import pytest
 from harness.errors import HarnessError
 from harness.plugin.hooks import EXIT_CANNOT_START, HarnessPlugin
 from harness.plugin.options import (
-    DEFAULT_NUM_PREDICT,
     DEFAULT_PROFILE,
     DEFAULT_REQUEST_TIMEOUT_S,
 )
@@ -97,8 +96,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--harness-num-predict",
         metavar="N",
-        default=str(DEFAULT_NUM_PREDICT),
-        help=f"tokens per quality answer (default {DEFAULT_NUM_PREDICT})",
+        default=None,
+        help="tokens per quality answer (default: harness.toml [suites] num_predict, else each suite "
+        "file's num_predict)",
+    )
+    group.addoption(
+        "--harness-fewshot",
+        dest="harness_fewshot",
+        metavar="K",
+        default=None,
+        help="prepend K solved examples (each suite file's held-out fewshot list) to every quality prompt, "
+        "for base models without a chat template (default 0)",
     )
     group.addoption(
         "--harness-request-timeout",
@@ -128,6 +136,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "fixture_weights(reason): needs the fixture models; skipped with --harness-model/--harness-gguf",
+    )
+    config.addinivalue_line(
+        "markers",
+        "destructive: feeds the server input that may kill it (broken files); runs after every other test",
     )
 
 
@@ -247,12 +259,12 @@ def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml
-    (--harness-max-items, --harness-repeats, --harness-num-predict, at least the file's num_predict), grade,
-    record, and return the `harness.quality.run.SuiteOutcome`. An item's schema goes as `format`, its tools
-    as `tools` (the response is then the reply's content and tool calls,
-    `harness.quality.json_graders.tool_reply`)."""
+    (--harness-max-items, --harness-repeats, --harness-num-predict, --harness-fewshot), grade, record, and
+    return the `harness.quality.run.SuiteOutcome`. An item's schema goes as `format`, its tools as `tools`
+    (the response is then the reply's content and tool calls, `harness.quality.json_graders.tool_reply`)."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.quality.json_graders import tool_reply
+    from harness.quality.run import Answer, Generation
     from harness.quality.run import run_quality_suite as run_suite
     from harness.quality.suite_data import load_suite
 
@@ -261,17 +273,22 @@ def run_quality_suite(
     def run(name: str) -> Any:
         suite = load_suite(name)
         items = suite.items[: options.max_items] if options.max_items else suite.items
-        num_predict = max(options.num_predict, suite.num_predict or 0)
+        generation = Generation(
+            num_predict=options.num_predict_for(suite.name, suite.num_predict, bounded=suite.bounded_answers),
+            stop=suite.stop,
+            fewshot=options.fewshot,
+        )
 
-        def ask(item: Any, prompt: str, repeat: int) -> str:
+        def ask(item: Any, prompt: str, repeat: int) -> Answer:
             reply = ollama_client.chat(
                 model_under_test.name,
                 [{"role": "user", "content": prompt}],
-                options={"temperature": 0, "seed": 0, "num_predict": num_predict},
+                options=generation.options(),
                 format=dict(item.schema) if item.schema is not None else None,
                 tools=list(item.tools) or None,
             )
-            return tool_reply(reply.text, reply.tool_calls) if item.tools else str(reply.text)
+            text = tool_reply(reply.text, reply.tool_calls) if item.tools else str(reply.text)
+            return Answer(text, reply.done_reason, reply.eval_count)
 
         return run_suite(
             suite,
@@ -282,6 +299,7 @@ def run_quality_suite(
             threshold=options.threshold(suite.name, model_under_test.name, suite.threshold),
             repeats=options.repeats,
             expected_to_fail=options.uses_fixture_model,
+            generation=generation,
             progress=harness_session.progress,
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness.config import ConfigError, Threshold, load_config, parse_threshold
 from harness.errors import HarnessError
-from harness.report.compare import build_report, find_baseline, resolve_run
+from harness.report.compare import baseline_keys, build_report, find_baseline, resolve_run
 from harness.report.metrics import metric_history, metric_names
 from harness.report.render import FORMATS, render_history, render_report, render_run_list
 from harness.runs import LATEST_LINK, list_runs, load_run, scan_runs
@@ -53,9 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--baseline",
         metavar="RUN",
         help="the run to compare with (default: the newest earlier complete run of the same model digests, "
-        "engine kind and host)",
+        "engine kind and hardware class: CPU model, cores, RAM in GiB, GPU; harness.toml [report] "
+        "baseline_match changes the machine keys)",
     )
     which.add_argument("--no-baseline", action="store_true", help="report the run alone")
+    parser.add_argument(
+        "--require-baseline",
+        action="store_true",
+        help="exit 1 when no baseline is found (for CI: a gate that never compares is no gate)",
+    )
     parser.add_argument(
         "--reports-dir",
         type=Path,
@@ -118,15 +124,19 @@ def run_report(args: argparse.Namespace) -> int:
     elif args.no_baseline:
         baseline = None
     else:
-        baseline = find_baseline(run, reports_dir)
+        match_keys = baseline_keys(config)
+        baseline = find_baseline(run, reports_dir, match_keys)
         if baseline is None:
+            machine = ", ".join(match_keys) or "any machine"
             note = (
                 f"No baseline: no earlier complete run in {reports_dir} with the same model digests, "
-                "engine kind and host; pass --baseline RUN to compare with another run."
+                f"engine kind and machine ({machine}); pass --baseline RUN to compare with another run."
             )
     report = build_report(
         run, config=config, baseline=baseline, baseline_note=note, overrides=overrides, worst_count=args.worst
     )
+    if args.require_baseline and baseline is None and not args.no_baseline:
+        report.missing_baseline = note
     print(render_report(report, args.format), end="")
     if args.plot:
         from harness.report.plot import plot_report  # matplotlib, an optional extra: only for --plot

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, HarnessConfig, Threshold, find_threshold
+from harness.config import (
+    DEFAULT_BASELINE_MATCH,
+    ConfigError,
+    HarnessConfig,
+    Threshold,
+    find_threshold,
+)
 from harness.errors import RunRecordError
 from harness.report.hosts import HostRow, compare_hosts, host_notes
 from harness.report.matrix import MatrixSummary, summarise_matrix
@@ -24,34 +30,65 @@ from harness.report.metrics import (
     summarise_suites,
     worst_prompts,
 )
+from harness.report.prompts import FlippedPrompt, flipped_prompts
 from harness.report.stats import Direction, Judgement, Verdict, judge
-from harness.runs import RunRecord, list_runs, load_run
+from harness.runs import RunRecord, hardware_key, list_runs, load_run
 from harness.units import noise_floor
 
 # ------------------------------------------------------------------------------------------ baseline
 
 
-def comparable(run: RunRecord, candidate: RunRecord) -> list[str]:
-    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is)."""
+def baseline_keys(config: HarnessConfig) -> tuple[str, ...]:
+    """The machine keys a baseline must share with the run: `[report] baseline_match`, else the hardware
+    class (CPU model, cores, RAM in whole GiB, GPU names), never the host name unless asked for."""
+    return config.baseline_match if config.baseline_match is not None else DEFAULT_BASELINE_MATCH
+
+
+def machine_key(run: RunRecord, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The run's values of the baseline keys (harness.runs.hardware_key)."""
+    return hardware_key(run.meta.get("machine") or {}, keys)
+
+
+def comparable(
+    run: RunRecord, candidate: RunRecord, keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
+) -> list[str]:
+    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is): other model digests,
+    engine kind, or machine (`keys`)."""
     differences = []
     if candidate.model_digests != run.model_digests:
         differences.append("model digests differ")
     if candidate.engine_kind != run.engine_kind:
         differences.append(f"engine kind differs ({candidate.engine_kind} vs {run.engine_kind})")
-    if candidate.fingerprint != run.fingerprint:
-        differences.append("host fingerprint differs (other hardware)")
+    ours, theirs = machine_key(run, keys), machine_key(candidate, keys)
+    differing = [key for key in keys if ours[key] != theirs[key]]
+    if differing:
+        listed = ", ".join(f"{key} {theirs[key]!r} vs {ours[key]!r}" for key in differing)
+        differences.append(f"other machine ({listed})")
     return differences
 
 
-def find_baseline(run: RunRecord, reports_dir: str | os.PathLike[str]) -> RunRecord | None:
-    """The newest complete run started before `run` with the same model digests, engine kind and host."""
+def matched_on(run: RunRecord, keys: tuple[str, ...]) -> str:
+    """Which keys a baseline matched, for the report: models, engine and each machine key with its value."""
+    machine = ", ".join(
+        f"{key} {value if value is not None else 'none'}" for key, value in machine_key(run, keys).items()
+    )
+    return f"same model digests, engine kind {run.engine_kind}" + (
+        f", {machine}" if machine else ", any machine"
+    )
+
+
+def find_baseline(
+    run: RunRecord, reports_dir: str | os.PathLike[str], keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
+) -> RunRecord | None:
+    """The newest complete run started before `run` with the same model digests, engine kind and machine
+    (`keys`: see `baseline_keys`)."""
     candidates = [
         candidate
         for candidate in list_runs(reports_dir)
         if candidate.complete
         and candidate.run_id != run.run_id
         and (candidate.started_at, candidate.run_id) < (run.started_at, run.run_id)
-        and not comparable(run, candidate)
+        and not comparable(run, candidate, keys)
     ]
     return load_run(candidates[-1].path) if candidates else None
 
@@ -169,9 +206,14 @@ class RunReport:
     memory: list[MemorySummary]
     baseline: RunRecord | None = None
     baseline_note: str = ""
+    baseline_match: str = ""  # what the baseline matched on (models, engine, machine keys and values)
+    missing_baseline: str = ""  # --require-baseline and none was found: why (a failure)
     hosts: list[HostRow] = field(default_factory=list)  # hosts side by side (a multi-host run)
     matrix: MatrixSummary | None = None  # the quantization matrix (a --matrix run)
     comparison: list[MetricComparison] = field(default_factory=list)
+    flipped: list[FlippedPrompt] = field(
+        default_factory=list
+    )  # prompts graded otherwise than in the baseline
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -190,6 +232,12 @@ class RunReport:
                 reasons.append(f"{row.name} REGRESSED on {row.model}")
         if not self.run.complete:
             reasons.append(f"the run is {self.run.status}")
+        for record in self.run.of_kind("load"):
+            if record.get("failed_requests"):  # `harness load`: requests that were not served
+                failed = "; ".join(record["failed_requests"])
+                reasons.append(f"load {record.get('scenario')} on {record.get('model')}: {failed}")
+        if self.missing_baseline:
+            reasons.append("no baseline (--require-baseline)")
         return reasons
 
     @property
@@ -231,8 +279,12 @@ def build_report(
     if overrides:
         check_threshold_signs(overrides, current.values())
     if baseline is not None:
-        differences = comparable(run, baseline)
-        if differences:
+        keys = baseline_keys(config)
+        differences = comparable(run, baseline, keys)
+        if not differences:
+            report.baseline_match = matched_on(run, keys)
+        else:
             report.notes.append(f"baseline {baseline.run_id} is not like-for-like: {'; '.join(differences)}")
         report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
+        report.flipped = flipped_prompts(run, baseline)
     return report
