@@ -17,13 +17,14 @@ from harness import __version__
 from harness.errors import HarnessError
 
 # Modules that contribute sub-commands, in the order they appear in `harness --help`: the pipeline's order
-# (build and check the GGUF, render the Modelfile, serve it, load it, report on the runs).
+# (build and check the GGUF, render the Modelfile, serve it, load it, report on the runs, gate an upgrade).
 COMMAND_MODULES = (
     "harness.gguf.commands",
     "harness.modelfile.commands",
     "harness.engine.commands",
     "harness.load.commands",
     "harness.report.commands",
+    "harness.upgrade.commands",
 )
 
 

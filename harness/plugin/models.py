@@ -53,6 +53,7 @@ class ModelUnderTest:
     file_size: int | None = None  # bytes of the model's files, as the server lists them
     reused: bool = False  # already on the server (--keep-models re-run): not created again
     setup_s: float | None = None  # seconds to build, upload and create (or find) it
+    identity: dict[str, Any] = field(default_factory=dict)  # what the user gave (harness.modelfile.identity)
 
     @property
     def context_length(self) -> int | None:
@@ -86,6 +87,7 @@ class ModelUnderTest:
             "file_size": self.file_size,
             "reused": self.reused,
             "setup_s": self.setup_s,
+            "identity": self.identity,
         }
 
 
@@ -237,6 +239,9 @@ class ModelFactory:
         """A model already on the server (`--model`): looked up, never created nor deleted."""
         key = f"model:{name}"
         if key not in self._by_key:
+            # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+            from harness.modelfile.identity import identity_from_shown
+
             try:
                 shown = self.client.show(name)
             except ServerError as error:
@@ -250,6 +255,7 @@ class ModelFactory:
                 created=False,
                 digest=_digest_of(self.client, name),
                 details=_details(shown),
+                identity=identity_from_shown(_field(shown, "modelfile")),
             )
             self.session.add_model(model)
             self._by_key[key] = model
@@ -272,6 +278,7 @@ class ModelFactory:
     ) -> ModelUnderTest:
         """Create the model (named after its content) unless a kept one of that name is on the server."""
         # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+        from harness.modelfile.identity import model_identity
         from harness.modelfile.parse import parse_modelfile, quote
         from harness.modelfile.render import render_modelfile
 
@@ -318,13 +325,25 @@ class ModelFactory:
             file_size=listed.get("size"),
             reused=reused,
             setup_s=round(time.perf_counter() - started, 6),
+            identity=model_identity(
+                gguf_sha256=sha256,
+                profile=profile,
+                tensor_type=tensor_type,
+                quantize=quantize,
+                modelfile=text,
+            ),
         )
         self.session.add_model(model)
         return model
 
 
+def _field(shown: Any, name: str) -> Any:
+    """A field of a /api/show answer (a dict, or the ollama client's ShowResponse)."""
+    return shown.get(name) if isinstance(shown, dict) else getattr(shown, name, None)
+
+
 def _details(shown: Any) -> dict[str, Any]:
-    details = shown.get("details") if isinstance(shown, dict) else getattr(shown, "details", None)
+    details = _field(shown, "details")
     if details is None:
         return {}
     if hasattr(details, "model_dump"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.config import ConfigError, HarnessConfig, Threshold, find_threshold
 from harness.errors import RunRecordError
+from harness.report.controls import ExactOutput, compare_exact_outputs
 from harness.report.hosts import HostRow, compare_hosts, host_notes
 from harness.report.matrix import MatrixSummary, summarise_matrix
 from harness.report.metrics import (
@@ -19,6 +20,7 @@ from harness.report.metrics import (
     Metric,
     SuiteSummary,
     collect_metrics,
+    model_identities,
     summarise_load,
     summarise_memory,
     summarise_suites,
@@ -31,11 +33,16 @@ from harness.units import noise_floor
 # ------------------------------------------------------------------------------------------ baseline
 
 
+def model_keys(run: RunRecord) -> frozenset[str]:
+    """The identities of the models a run tested (see `model_identities`): the same on any server."""
+    return frozenset(model_identities(run).values())
+
+
 def comparable(run: RunRecord, candidate: RunRecord) -> list[str]:
     """Why `candidate` is not a like-for-like baseline for `run` (empty when it is)."""
     differences = []
-    if candidate.model_digests != run.model_digests:
-        differences.append("model digests differ")
+    if model_keys(candidate) != model_keys(run):
+        differences.append("the models differ (other GGUF files, types, parameters or templates)")
     if candidate.engine_kind != run.engine_kind:
         differences.append(f"engine kind differs ({candidate.engine_kind} vs {run.engine_kind})")
     if candidate.fingerprint != run.fingerprint:
@@ -44,7 +51,7 @@ def comparable(run: RunRecord, candidate: RunRecord) -> list[str]:
 
 
 def find_baseline(run: RunRecord, reports_dir: str | os.PathLike[str]) -> RunRecord | None:
-    """The newest complete run started before `run` with the same model digests, engine kind and host."""
+    """The newest complete run started before `run` with the same models, engine kind and host."""
     candidates = [
         candidate
         for candidate in list_runs(reports_dir)
@@ -54,6 +61,66 @@ def find_baseline(run: RunRecord, reports_dir: str | os.PathLike[str]) -> RunRec
         and not comparable(run, candidate)
     ]
     return load_run(candidates[-1].path) if candidates else None
+
+
+def server_version(run: RunRecord) -> str | None:
+    """The server version a run recorded (None when unknown)."""
+    version = (run.meta.get("server") or {}).get("version")
+    return str(version) if version else None
+
+
+def on_version(version: str | None, wanted: str) -> bool:
+    """Whether a server `version` is `wanted`: equal, or equal once build metadata (`+...`) is dropped, so
+    0.33.0 names both Ollama 0.33.0 and the embedded engine's 0.33.0+harness.X."""
+    return version is not None and (version == wanted or version.split("+", 1)[0] == wanted)
+
+
+def find_run_on_version(
+    run: RunRecord, reports_dir: str | os.PathLike[str], version: str
+) -> RunRecord | None:
+    """The newest complete run (other than `run`) of the same models on server version `version`."""
+    candidates = [
+        candidate
+        for candidate in list_runs(reports_dir)
+        if candidate.complete
+        and candidate.run_id != run.run_id
+        and on_version(server_version(candidate), version)
+        and model_keys(candidate) == model_keys(run)
+    ]
+    return load_run(candidates[-1].path) if candidates else None
+
+
+@dataclass(frozen=True)
+class RunDifference:
+    """One way two compared runs differ (what the comparison then measures): baseline and current value."""
+
+    aspect: str
+    baseline: str
+    current: str
+
+
+def _hardware(run: RunRecord) -> str:
+    machine = run.meta.get("machine") or {}
+    gpu = machine.get("gpu") or "none"
+    return f"{machine.get('cpu') or '?'}, {machine.get('cores') or '?'} cores, GPU: {gpu}"
+
+
+def run_differences(baseline: RunRecord, run: RunRecord) -> list[RunDifference]:
+    """What differs between the two runs' servers and machines: server version, engine kind, host,
+    hardware; the report's header shows it so that a reader knows what the comparison measures."""
+    server, base_server = run.meta.get("server") or {}, baseline.meta.get("server") or {}
+    aspects = [
+        ("server version", server_version(baseline), server_version(run)),
+        ("engine kind", base_server.get("engine_kind"), server.get("engine_kind")),
+        ("server host", base_server.get("host"), server.get("host")),
+    ]
+    if baseline.fingerprint != run.fingerprint:
+        aspects.append(("hardware", _hardware(baseline), _hardware(run)))
+    return [
+        RunDifference(aspect, str(before or "?"), str(after or "?"))
+        for aspect, before, after in aspects
+        if before != after
+    ]
 
 
 def resolve_run(argument: str, reports_dir: str | os.PathLike[str] | None) -> Path:
@@ -172,6 +239,8 @@ class RunReport:
     hosts: list[HostRow] = field(default_factory=list)  # hosts side by side (a multi-host run)
     matrix: MatrixSummary | None = None  # the quantization matrix (a --matrix run)
     comparison: list[MetricComparison] = field(default_factory=list)
+    differences: list[RunDifference] = field(default_factory=list)  # what differs from the baseline's run
+    exact: list[ExactOutput] = field(default_factory=list)  # exact-output controls against the baseline
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -188,6 +257,12 @@ class RunReport:
         for row in self.comparison:
             if row.verdict == "REGRESSED":
                 reasons.append(f"{row.name} REGRESSED on {row.model}")
+        for control in self.exact:
+            if control.verdict == "SERVER CHANGED":
+                reasons.append(
+                    f"the server changed the exact output of {control.control} on {control.model} "
+                    "(a finding about the server, not the model)"
+                )
         if not self.run.complete:
             reasons.append(f"the run is {self.run.status}")
         return reasons
@@ -231,8 +306,12 @@ def build_report(
     if overrides:
         check_threshold_signs(overrides, current.values())
     if baseline is not None:
-        differences = comparable(run, baseline)
-        if differences:
-            report.notes.append(f"baseline {baseline.run_id} is not like-for-like: {'; '.join(differences)}")
+        report.differences = run_differences(baseline, run)
+        if model_keys(baseline) != model_keys(run):
+            report.notes.append(
+                f"baseline {baseline.run_id} tested other models (other GGUF files, types, parameters or "
+                "templates): only the metrics of the models both runs tested are compared"
+            )
+        report.exact = compare_exact_outputs(baseline, run)
         report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
     return report
