@@ -193,7 +193,7 @@ def compare_metrics(
             judgement = replace(judgement, verdict="noise")
         rows.append(
             MetricComparison(
-                metric.model,
+                key[0],  # the model's identity, the same in both runs (its name may differ)
                 metric.name,
                 metric.unit,
                 metric.better,
@@ -220,6 +220,31 @@ def check_threshold_signs(overrides: Mapping[str, Threshold], metrics: Iterable[
                     f"{'rises' if expected == '+' else 'falls'}",
                     f"write {key}={expected}{threshold.text.lstrip('+-')} (or leave the sign out)",
                 )
+
+
+def _offered_loads(run: RunRecord) -> dict[tuple[str, str], float]:
+    identities = model_identities(run)
+    return {
+        (
+            identities.get(str(record.get("model")), str(record.get("model"))),
+            str(record.get("scenario")),
+        ): float(record["rate"])
+        for record in run.of_kind("load")
+        if isinstance(record.get("rate"), (int, float))
+    }
+
+
+def offered_load_notes(baseline: RunRecord, run: RunRecord) -> list[str]:
+    """A note per open-loop scenario that offered another rate than in the baseline (the suites cap it at
+    half the capacity they measure, so a slower server gets a lighter load): its timings mean less."""
+    before, after = _offered_loads(baseline), _offered_loads(run)
+    return [
+        f"load scenario {scenario} on {model} offered {before[key]:.3g} req/s in the baseline and "
+        f"{rate:.3g} req/s now: its latencies compare different loads"
+        for key, rate in after.items()
+        if key in before and abs(before[key] - rate) > 1e-9 * max(rate, 1.0)
+        for model, scenario in [key]
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -313,5 +338,6 @@ def build_report(
                 "templates): only the metrics of the models both runs tested are compared"
             )
         report.exact = compare_exact_outputs(baseline, run)
+        report.notes.extend(offered_load_notes(baseline, run))
         report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
     return report

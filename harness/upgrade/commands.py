@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 from harness.config import load_config
-from harness.errors import HarnessError
+from harness.errors import HarnessError, ServerError
 from harness.report.commands import parse_overrides
 from harness.report.compare import build_report
 from harness.report.render import FORMATS, render_report
 from harness.runs import LATEST_LINK, RunRecord, load_run
+from harness.server.reach import normalize_url, probe
 
 DEFAULT_SUITES = Path("suites")
 DEFAULT_REPORTS_DIR = Path("reports")
@@ -92,11 +93,17 @@ def run_suites(host: str, suites: Path, reports_dir: Path, extra: list[str]) -> 
         *extra,
     ]
     print(f"== suites on {host}: {shlex.join(command)}", file=sys.stderr, flush=True)
-    done = subprocess.run(command, stdout=sys.stderr, check=False, env=os.environ.copy())
+    # pytest's progress goes to stderr, line by line, so that stdout holds only the report
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
+    ) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stderr.write(line)
     after = _latest(reports_dir)
     if after is None or after == before:
         raise HarnessError(
-            f"the suites against {host} recorded no run (pytest exit status {done.returncode})",
+            f"the suites against {host} recorded no run (pytest exit status {child.returncode})",
             "see pytest's output above: a host that does not answer, or a bad pytest option",
         )
     return load_run(after)
@@ -116,6 +123,13 @@ def run_upgrade_check(args: argparse.Namespace) -> int:
         raise HarnessError(
             f"--pytest-args {args.pytest_args!r}: {error}", "quote it as a shell would"
         ) from error
+    for option, host in (("--from", args.old_host), ("--to", args.new_host)):
+        why = probe(normalize_url(host))
+        if why is not None:
+            raise ServerError(
+                f"{option} {host}: no Ollama answers there ({why})",
+                "start the server, or name the host it listens on (host:port)",
+            )
     old = run_suites(args.old_host, args.suites, args.reports_dir, extra)
     new = run_suites(args.new_host, args.suites, args.reports_dir, extra)
     report = build_report(new, config=config, baseline=old, overrides=overrides)
