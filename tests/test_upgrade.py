@@ -151,8 +151,8 @@ def test_another_gguf_is_another_model_whatever_the_server_says(tmp_path, capsys
     other = make_run(reports, name="a", server_digest="same", version="0.33.0", gguf_sha="44" * 32)
     new = make_run(reports, name="b", server_digest="same", version="0.33.0")
     status, out, _ = report(capsys, str(new))
-    assert out["baseline"] is None and "No baseline" in out["baseline_note"]
-    status, out, _ = report(capsys, str(new), "--baseline", str(other))
+    assert status == 0 and out["baseline"] is None and "No baseline" in out["baseline_note"]
+    _, out, _ = report(capsys, str(new), "--baseline", str(other))
     assert any("tested other models" in warning for warning in out["warnings"])
     assert {row["verdict"] for row in out["comparison"]} == {"new", "gone"}
 
