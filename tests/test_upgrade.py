@@ -49,6 +49,8 @@ def make_run(
     oracle_output: str = EXPECTED,
     accuracy: float = 0.5,
     passed: tuple[bool, ...] = (True, False, True, False),
+    open_rate: float | None = None,
+    open_ttft_s: float = 0.01,
     **entry_options: Any,
 ) -> Path:
     """A finished run of one model: a suite with its prompts, one load scenario, the oracle's replies."""
@@ -94,6 +96,26 @@ def make_run(
         recorder.append(
             {"kind": "load", "model": name, "scenario": "closed-c1", "samples": samples, "wall_s": 0.6}
         )
+        if open_rate is not None:
+            slow = [
+                {
+                    "outcome": "ok",
+                    "ttft_s": open_ttft_s * (1 + 0.01 * i),
+                    "itl_s": [0.002],
+                    "e2e_s": open_ttft_s,
+                }
+                for i in range(40)
+            ]
+            recorder.append(
+                {
+                    "kind": "load",
+                    "model": name,
+                    "scenario": "open",
+                    "rate": open_rate,
+                    "samples": slow,
+                    "wall_s": 2,
+                }
+            )
         for mode in ("template", "raw"):
             recorder.append(
                 {
@@ -258,3 +280,25 @@ def test_upgrade_check_with_a_host_that_does_not_answer_exits_2(tmp_path, capsys
     err = capsys.readouterr().err
     assert status == 2 and "--from 127.0.0.1:9: no Ollama answers there" in err and "Traceback" not in err
     assert not (tmp_path / "reports").exists()  # nothing ran
+
+
+def test_an_open_loop_at_another_rate_is_noted_and_not_judged(tmp_path, capsys):
+    """The suites cap the open loop's rate at half the measured capacity: a slower old server got a lighter
+    load, so the new one's longer queueing is no regression (the error rate is still judged)."""
+    reports = tmp_path / "reports"
+    old = make_run(reports, name="a", server_digest="1", version="0.24.0", open_rate=0.6, open_ttft_s=0.05)
+    new = make_run(reports, name="b", server_digest="2", version="0.33.0", open_rate=2.8, open_ttft_s=2.0)
+    status, out, _ = report(capsys, str(new), "--baseline", str(old))
+    verdicts = {row["metric"]: row["verdict"] for row in out["comparison"]}
+    assert status == 0, out["failures"]
+    assert verdicts["load.open.ttft_p95"] == "noise" and verdicts["load.open.error_rate"] == "same"
+    assert any("offered 0.6 req/s in the baseline and 2.8 req/s now" in note for note in out["warnings"])
+    _, out, _ = report(
+        capsys,
+        str(new),
+        "--baseline",
+        str(
+            make_run(reports, name="c", server_digest="3", version="0.24.0", open_rate=2.8, open_ttft_s=0.05)
+        ),
+    )
+    assert {row["metric"]: row["verdict"] for row in out["comparison"]}["load.open.ttft_p95"] == "REGRESSED"

@@ -234,17 +234,31 @@ def _offered_loads(run: RunRecord) -> dict[tuple[str, str], float]:
     }
 
 
-def offered_load_notes(baseline: RunRecord, run: RunRecord) -> list[str]:
-    """A note per open-loop scenario that offered another rate than in the baseline (the suites cap it at
-    half the capacity they measure, so a slower server gets a lighter load): its timings mean less."""
+def offered_load_changes(baseline: RunRecord, run: RunRecord) -> dict[tuple[str, str], tuple[float, float]]:
+    """(model identity, scenario) -> (baseline rate, current rate) for each open-loop scenario that offered
+    another rate than in the baseline: the suites cap it at half the capacity they measure, so a slower
+    server gets a lighter load, and the two runs' timings of that scenario measure different loads."""
     before, after = _offered_loads(baseline), _offered_loads(run)
-    return [
-        f"load scenario {scenario} on {model} offered {before[key]:.3g} req/s in the baseline and "
-        f"{rate:.3g} req/s now: its latencies compare different loads"
+    return {
+        key: (before[key], rate)
         for key, rate in after.items()
         if key in before and abs(before[key] - rate) > 1e-9 * max(rate, 1.0)
-        for model, scenario in [key]
-    ]
+    }
+
+
+def unjudged_timings(
+    metrics: Mapping[tuple[str, str], Metric], changes: Mapping[tuple[str, str], tuple[float, float]]
+) -> dict[tuple[str, str], Metric]:
+    """`metrics` with the timings of the scenarios in `changes` marked untrusted (judged noise at most): the
+    error rate counts outcomes, and stays judged."""
+    return {
+        key: replace(metric, trusted=False)
+        if metric.name.startswith("load.")
+        and (key[0], metric.name.split(".")[1]) in changes
+        and metric.family != "error_rate"
+        else metric
+        for key, metric in metrics.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -338,6 +352,13 @@ def build_report(
                 "templates): only the metrics of the models both runs tested are compared"
             )
         report.exact = compare_exact_outputs(baseline, run)
-        report.notes.extend(offered_load_notes(baseline, run))
-        report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
+        changes = offered_load_changes(baseline, run)
+        report.notes.extend(
+            f"load scenario {scenario} on {model} offered {before:.3g} req/s in the baseline and {after:.3g} "
+            "req/s now: its timings measure different loads, so they are not judged (noise at most)"
+            for (model, scenario), (before, after) in changes.items()
+        )
+        report.comparison = compare_metrics(
+            collect_metrics(baseline), unjudged_timings(current, changes), config, overrides
+        )
     return report
