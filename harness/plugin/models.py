@@ -53,7 +53,9 @@ class ModelUnderTest:
     file_size: int | None = None  # bytes of the model's files, as the server lists them
     reused: bool = False  # already on the server (--keep-models re-run): not created again
     setup_s: float | None = None  # seconds to build, upload and create (or find) it
-    identity: dict[str, Any] = field(default_factory=dict)  # what the user gave (harness.modelfile.identity)
+    identity: dict[str, Any] = field(
+        default_factory=dict
+    )  # as the server showed it (`--model`); else derived
 
     @property
     def context_length(self) -> int | None:
@@ -68,6 +70,22 @@ class ModelUnderTest:
     def oracle(self) -> Any:
         """The fixture's OracleSpec (prompt, continuation) when its weights are an oracle, else None."""
         return getattr(self.spec, "oracle", None) if self.spec is not None else None
+
+    def identity_fields(self) -> dict[str, Any]:
+        """What the user gave (see harness.modelfile.identity): shown by the server for `--model`, else from
+        the file, profile, type and Modelfile this session created the model from."""
+        if self.identity:
+            return self.identity
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+        from harness.modelfile.identity import model_identity
+
+        return model_identity(
+            gguf_sha256=self.gguf_sha256,
+            profile=self.profile,
+            tensor_type=self.tensor_type,
+            quantize=self.quantize,
+            modelfile=self.modelfile,
+        )
 
     def to_record(self) -> dict[str, Any]:
         """What run.json keeps about the model."""
@@ -87,7 +105,7 @@ class ModelUnderTest:
             "file_size": self.file_size,
             "reused": self.reused,
             "setup_s": self.setup_s,
-            "identity": self.identity,
+            "identity": self.identity_fields(),
         }
 
 
@@ -278,7 +296,6 @@ class ModelFactory:
     ) -> ModelUnderTest:
         """Create the model (named after its content) unless a kept one of that name is on the server."""
         # lazy: pytest loads this plugin in every run; a session's modules load when it starts
-        from harness.modelfile.identity import model_identity
         from harness.modelfile.parse import parse_modelfile, quote
         from harness.modelfile.render import render_modelfile
 
@@ -325,13 +342,6 @@ class ModelFactory:
             file_size=listed.get("size"),
             reused=reused,
             setup_s=round(time.perf_counter() - started, 6),
-            identity=model_identity(
-                gguf_sha256=sha256,
-                profile=profile,
-                tensor_type=tensor_type,
-                quantize=quantize,
-                modelfile=text,
-            ),
         )
         self.session.add_model(model)
         return model

@@ -32,6 +32,18 @@ def parse_overrides(texts: Sequence[str] | None) -> dict[str, Threshold]:
     return overrides
 
 
+def add_judging_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --threshold and --format: how a run is judged against its baseline and shown."""
+    parser.add_argument("--config", metavar="FILE", help="thresholds file (default: harness.toml, if found)")
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        metavar="METRIC=CHANGE",
+        help="override a threshold, e.g. ttft_p95=+30%%, accuracy_strict=-2pt, rss_growth=+64MiB; repeatable",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `report` sub-command."""
     parser = subparsers.add_parser(
@@ -68,14 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="the folder of runs (default: RUN's parent, or reports/)",
     )
-    parser.add_argument("--config", metavar="FILE", help="thresholds file (default: harness.toml, if found)")
-    parser.add_argument(
-        "--threshold",
-        action="append",
-        metavar="METRIC=CHANGE",
-        help="override a threshold, e.g. ttft_p95=+30%%, accuracy_strict=-2pt, rss_growth=+64MiB; repeatable",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    add_judging_options(parser)
     parser.add_argument("--list", action="store_true", help="list the runs in the reports folder")
     parser.add_argument("--history", metavar="METRIC", help="one metric (name, family or glob) across runs")
     parser.add_argument(

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from harness.config import load_config
 from harness.errors import HarnessError, ServerError
-from harness.report.commands import parse_overrides
+from harness.report.commands import add_judging_options, parse_overrides
 from harness.report.compare import build_report
-from harness.report.render import FORMATS, render_report
+from harness.report.render import render_report
 from harness.runs import LATEST_LINK, RunRecord, load_run
 from harness.server.reach import normalize_url, probe
 
@@ -61,11 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ARGS",
         help="extra options for both suite runs, as one string (e.g. \"-k 'not broken' --model M\")",
     )
-    parser.add_argument("--config", metavar="FILE", help="thresholds file (default: harness.toml, if found)")
-    parser.add_argument(
-        "--threshold", action="append", metavar="METRIC=CHANGE", help="override a threshold; repeatable"
-    )
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    add_judging_options(parser)
     parser.set_defaults(func=run_upgrade_check)
 
 
