@@ -349,7 +349,7 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     # The upgrade verdict: each upgrade-leg run against tonight's pinned run of the same models.
     for name in ("fixtures", "quality"):
         assert f"Upgrade verdict: the {name} run on ollama/ollama:latest" in summary, summary
-        assert f"Against baseline {first_runs[name].name}" in summary, summary
+        assert f"Baseline {first_runs[name].name} differs in" in summary, summary
 
     # Night 2, on the runs restored from night 1: the math suite too. The stand-in for the quality model is
     # not a language model, so its run fails and the report step fails the job; the fixture run is compared
