@@ -13,6 +13,9 @@ Sections::
     "ttft_p95" = "+20%"      # relative to the baseline
     "rss_growth" = "+32MiB"  # absolute, with a unit (s, ms, B, KiB, MiB, GiB) or none
 
+    [suites]
+    num_predict = 1024       # tokens per quality answer, every suite (or a table: math = 1024)
+
     [suites.thresholds.gsm8k]  # minimum accuracy per suite, per model name pattern (most specific wins)
     "*" = 0.5
     "oracle*" = "100%"
@@ -102,6 +105,11 @@ DEFAULT_REPORT_THRESHOLDS: dict[str, str] = {
     "rss_growth": "+32MiB",
 }
 FALLBACK_THRESHOLD = "+10%"
+# What a baseline run must share with the run it is compared with: keys of run.json's "machine" (the
+# hardware class, not the host name: every CI job is a fresh VM with another name). `[report]
+# baseline_match` in harness.toml widens ([] = any machine) or narrows (add "hostname", "os") it.
+BASELINE_MATCH_KEYS = ("cpu", "cores", "ram_gib", "gpu", "hostname", "os")
+DEFAULT_BASELINE_MATCH = ("cpu", "cores", "ram_gib", "gpu")
 
 
 def find_threshold(layers: list[Mapping[str, Threshold]], name: str, family: str) -> tuple[str, Threshold]:
@@ -140,6 +148,8 @@ class HarnessConfig:
     source: Path | None = None
     report_thresholds: dict[str, Threshold] = field(default_factory=dict)
     suite_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    suite_num_predict: dict[str, int] = field(default_factory=dict)  # "*": every suite
+    baseline_match: tuple[str, ...] | None = None  # [report] baseline_match (None: the default keys)
     confidence: float = 0.95
     bootstrap_resamples: int = 1000
     seed: int = 0
@@ -162,6 +172,25 @@ class HarnessConfig:
         if not matching:
             return default
         return table[max(matching, key=lambda pattern: len(pattern.replace("*", "")))]
+
+    def num_predict(self, suite: str) -> int | None:
+        """`[suites] num_predict` for `suite` (its own entry, else the one for every suite), or None."""
+        return self.suite_num_predict.get(suite, self.suite_num_predict.get("*"))
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"invalid {where} {value!r}", "use an integer >= 1, e.g. 1024")
+    return value
+
+
+def _parse_num_predict(value: Any) -> dict[str, int]:
+    """`[suites] num_predict`: one number for every suite, or a table of suite -> number."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(suite): _positive_int(v, f"[suites.num_predict] {suite}") for suite, v in value.items()}
+    return {"*": _positive_int(value, "[suites] num_predict")}
 
 
 def find_config_file(start: Path | None = None) -> Path | None:
@@ -186,12 +215,23 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
 
 def _parse(data: Mapping[str, Any], source: Path | None) -> HarnessConfig:
     report = _table(data, "report", "report")
-    unknown = set(report) - {"thresholds", "confidence", "bootstrap_resamples", "seed"}
+    unknown = set(report) - {"thresholds", "confidence", "bootstrap_resamples", "seed", "baseline_match"}
     if unknown:
         raise ConfigError(
             f"unknown setting(s) in [report]: {', '.join(sorted(unknown))}",
-            "known: thresholds, confidence, bootstrap_resamples, seed",
+            "known: thresholds, confidence, bootstrap_resamples, seed, baseline_match",
         )
+    baseline_match = report.get("baseline_match")
+    if baseline_match is not None:
+        unknown_keys = (
+            set(baseline_match) - set(BASELINE_MATCH_KEYS) if isinstance(baseline_match, list) else {None}
+        )
+        if unknown_keys or not all(isinstance(key, str) for key in baseline_match):
+            raise ConfigError(
+                f"invalid [report] baseline_match {baseline_match!r}",
+                f"a list of machine keys among {', '.join(BASELINE_MATCH_KEYS)} (default: "
+                f"{', '.join(DEFAULT_BASELINE_MATCH)}; [] matches any machine)",
+            )
     thresholds = {
         str(key): parse_threshold(value)
         for key, value in _table(report, "thresholds", "report.thresholds").items()
@@ -206,7 +246,8 @@ def _parse(data: Mapping[str, Any], source: Path | None) -> HarnessConfig:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"invalid [report] seed {seed!r}", "use an integer")
     suites: dict[str, dict[str, float]] = {}
-    for suite, table in _table(_table(data, "suites", "suites"), "thresholds", "suites.thresholds").items():
+    suites_table = _table(data, "suites", "suites")
+    for suite, table in _table(suites_table, "thresholds", "suites.thresholds").items():
         where = f"suites.thresholds.{suite}"
         if not isinstance(table, dict):  # one number for every model
             table = {"*": table}
@@ -217,6 +258,8 @@ def _parse(data: Mapping[str, Any], source: Path | None) -> HarnessConfig:
         source=source,
         report_thresholds=thresholds,
         suite_thresholds=suites,
+        suite_num_predict=_parse_num_predict(suites_table.get("num_predict")),
+        baseline_match=tuple(baseline_match) if baseline_match is not None else None,
         confidence=float(confidence),
         bootstrap_resamples=resamples,
         seed=seed,

@@ -51,8 +51,10 @@ SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 LATEST_LINK = "latest"
-# requests: harness.server_time; exact: an exact-output control's reply (the oracle), compared across runs
-RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests", "exact")
+# requests: harness.server_time; finding: a server a broken file killed; exact: an exact-output control's
+# reply (the oracle), compared across runs
+RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests", "finding", "exact")
+FAILED_TO_START = "failed-to-start"  # the reason's prefix of a run that never started (latest not moved)
 RUN_STATUSES = ("running", "complete", "incomplete")
 FSYNC_INTERVAL_S = 1.0  # results.jsonl reaches the disk at least this often (and at the end)
 
@@ -95,20 +97,39 @@ def _gpu_names() -> str | None:
     return ", ".join(names) if done.returncode == 0 and names else None
 
 
-def machine_info() -> dict[str, Any]:
-    """Where the run happens: host name, OS, CPU, cores, RAM, GPU, and a fingerprint of them all.
+GIB = 1 << 30
+# The hardware class: what decides the numbers a run measures. Not the host name: every CI job is a fresh VM
+# with another name, and its RAM differs by a few MiB from one VM to the next.
+HARDWARE_CLASS_KEYS = ("cpu", "cores", "ram_gib", "gpu")
 
-    Runs are only compared with a baseline from the same fingerprint: numbers from other hardware differ.
+
+def hardware_key(machine: Mapping[str, Any], keys: tuple[str, ...] = HARDWARE_CLASS_KEYS) -> dict[str, Any]:
+    """The values of `keys` in a run's "machine" record (the baseline key): `ram_gib` is worked out from
+    `ram_bytes` for runs recorded before it existed, a missing GPU is None."""
+    values = dict(machine)
+    if values.get("ram_gib") is None and isinstance(values.get("ram_bytes"), int):
+        values["ram_gib"] = round(values["ram_bytes"] / GIB)
+    return {key: values.get(key) for key in keys}
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the run happens: host name, OS, CPU, cores, RAM (bytes, and whole GiB), GPU, and a fingerprint
+    of the hardware class (`HARDWARE_CLASS_KEYS`).
+
+    Runs are compared with a baseline of the same hardware class (harness.report.compare), whatever the host
+    is called. `HARNESS_HOSTNAME` names the host instead of the system's name (for tests and CI labels).
     """
+    ram_bytes = psutil.virtual_memory().total
     info: dict[str, Any] = {
-        "hostname": socket.gethostname(),
+        "hostname": os.environ.get("HARNESS_HOSTNAME") or socket.gethostname(),
         "os": platform.platform(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "ram_bytes": psutil.virtual_memory().total,
+        "ram_bytes": ram_bytes,
+        "ram_gib": round(ram_bytes / GIB),
         "gpu": _gpu_names(),
     }
-    identity = json.dumps([info[key] for key in ("cpu", "cores", "ram_bytes", "gpu", "hostname")])
+    identity = json.dumps(list(hardware_key(info).values()))
     info["fingerprint"] = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return info
 
@@ -255,7 +276,7 @@ class RunRecorder:
             "options": {},
             "server": {"host": None, "version": None, "engine_kind": None},
             "machine": machine,
-            "process": {"pid": os.getpid(), "hostname": machine["hostname"]},
+            "process": {"pid": os.getpid(), "hostname": socket.gethostname()},
             "models": [],
         }
         record.update(dict(meta or {}))
@@ -263,11 +284,24 @@ class RunRecorder:
         write_json_atomic(path / RUN_FILE, record)
         recorder = cls(path, record)
         if update_latest:
-            try:
-                point_latest(reports, path)
-            except OSError as error:  # e.g. a filesystem without symlinks: the run itself is fine
-                log.warning("could not point %s at %s: %s", reports / LATEST_LINK, path, error)
+            recorder.point_latest()
         return recorder
+
+    def point_latest(self) -> None:
+        """Point `reports/latest` at this run (for a run created with `update_latest=False` once it has
+        started for real); a filesystem without symlinks only logs a warning."""
+        try:
+            point_latest(self.path.parent, self.path)
+        except OSError as error:
+            log.warning("could not point %s at %s: %s", self.path.parent / LATEST_LINK, self.path, error)
+
+    def failed_to_start(self, reason: str) -> None:
+        """Close a run that never started (the server did not answer, the model file is unusable): kept,
+        marked `failed_to_start` and incomplete with the reason; `latest` is not moved to it."""
+        with contextlib.suppress(RunRecordError):
+            self.update({"failed_to_start": True})
+        if not self.finished:
+            self.finish("incomplete", f"{FAILED_TO_START}: {reason}")
 
     @property
     def finished(self) -> bool:

@@ -267,6 +267,7 @@ def test_random_weights_generate_without_error(ollama_client: Any, fixture_model
 # ------------------------------------------------------------------------------------------- broken files
 
 
+@pytest.mark.destructive
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind_name", sorted(BROKEN_KINDS))
 def test_broken_gguf_is_rejected_with_its_cause(
@@ -281,7 +282,9 @@ def test_broken_gguf_is_rejected_with_its_cause(
     record_property("stage", stage)
     record_property("error", error)
     record_property("checker_codes", [finding.code for finding in findings.errors])
-    assert harness_session.check_server() is None, (
+    if harness_session.check_server() is not None:
+        harness_session.record(harness_session.death_finding(kind_name, stage, path))
+    assert harness_session.server_down is None, (
         f"the server died on {kind_name}: {harness_session.server_down}"
     )
     assert error is not None, f"{kind.description}: accepted at create and generated without error"

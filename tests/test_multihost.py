@@ -186,3 +186,33 @@ def test_the_report_flags_the_host_that_is_slower_or_uses_more_memory(tmp_path: 
         "host slow:2 is slower than the others on m: load.c1.e2e_p50" in note for note in report.warnings
     )
     assert "(SLOWER)" in render_report(report, "text")
+
+
+def test_two_hand_started_serve_hosts_are_asked_their_queue_never_assumed(tmp_path: Path) -> None:
+    """Two `harness serve` hosts the run did not start: one with its defaults (1 slot, a queue of 512), one
+    with 2 slots and a queue of 3. The session asks each its settings: the overload test overflows the
+    small queue, and skips the default one with the reason (512 queued requests are no test of a 503)."""
+    with (
+        EmbeddedEngine(models_dir=tmp_path / "a") as default,
+        EmbeddedEngine(
+            models_dir=tmp_path / "b", env={"OLLAMA_NUM_PARALLEL": "2", "OLLAMA_MAX_QUEUE": "3"}
+        ) as small_queue,
+    ):
+        done = run_suites(
+            tmp_path / "reports",
+            str(SUITES / "test_load.py"),
+            "--ollama-host",
+            f"{default.host},{small_queue.host}",
+        )
+    assert done.returncode == 0, explain(done)
+    run = only_run(tmp_path / "reports")
+    overload = {t["host"]: t for t in run.of_kind("test") if "overload" in t["nodeid"]}
+    assert overload[small_queue.host]["outcome"] == "passed", overload
+    assert overload[default.host]["outcome"] == "skipped", overload
+    assert "a queue of 512" in overload[default.host]["message"], overload
+    hosts = run.meta["hosts"]
+    assert hosts[small_queue.host]["server"]["num_parallel"] == 2
+    assert hosts[small_queue.host]["server"]["max_queue"] == 3
+    assert hosts[default.host]["server"]["settings_from"] == {"num_parallel": "server", "max_queue": "server"}
+    (busy,) = [r for r in run.of_kind("load") if r["scenario"] == "overload"]
+    assert busy["host"] == small_queue.host and busy["summary"]["counts"]["busy"] >= 1

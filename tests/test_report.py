@@ -181,7 +181,7 @@ def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "baseline": make_run(reports, seed=1),
         "repeat": make_run(reports, seed=2),
-        "slower": make_run(reports, seed=3, slowdown=1.6, accuracy=0.7, rss_mib=75.0),
+        "slower": make_run(reports, seed=3, slowdown=1.6, accuracy=0.4, rss_mib=75.0),
     }
 
 
@@ -277,9 +277,9 @@ def test_text_report_shows_every_section(three_runs, capsys):
         MODEL["name"],
         "sha256:abababab",
         "== Suites",
-        "70.0 %",
+        "40.0 % [21.9 %, 61.3 %]",  # the accuracy and its 95 % Wilson interval (8 of 20)
         "== Worst prompts",
-        "expected 28, got 14",
+        "expected 16, got 8",
         "== Latency",
         "TTFT",
         "p99",
@@ -288,6 +288,8 @@ def test_text_report_shows_every_section(three_runs, capsys):
         "== Memory",
         "/api/ps size",
         "== Against baseline",
+        "== Prompts that changed grade against",
+        "pass -> fail",
     ):
         assert text in out, text
 

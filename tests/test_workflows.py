@@ -346,6 +346,7 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     assert [names for names in models.values() if names == [quality_model]], models
     summary = (workspace / ".night-1" / "summary.md").read_text(encoding="utf-8")
     assert summary.count("**Result: OK**") == 4, summary
+    assert "first night: no earlier runs" in summary and "No baseline" in summary, summary
     # The upgrade verdict: each upgrade-leg run against tonight's pinned run of the same models.
     for name in ("fixtures", "quality"):
         assert f"Upgrade verdict: the {name} run on ollama/ollama:latest" in summary, summary
@@ -376,3 +377,5 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     assert f"Against baseline {first_runs[fixtures_name].name}" in summary, summary
     assert summary.count("**Result: OK**") >= 1, summary
     assert "Upgrade verdict: the quality run" in summary, summary
+    # From the second night on a missing baseline is an error (no first-night notice); both runs found one.
+    assert "first night" not in summary and "No baseline" not in summary, summary

@@ -300,6 +300,20 @@ class Engine:
         many requests are waiting for a slot or a load (`pending`, what OLLAMA_MAX_QUEUE bounds)."""
         return JSONResponse({"runners": self.scheduler.runner_pids(), "pending": self.scheduler.pending})
 
+    async def settings(self, request: Request) -> Response:
+        """Debug only (not part of Ollama's API): the scheduler settings a client cannot see otherwise, so
+        that a test asks them instead of assuming (`num_parallel`, `max_queue`: OLLAMA_NUM_PARALLEL and
+        OLLAMA_MAX_QUEUE as this engine read them)."""
+        config = self.config
+        return JSONResponse(
+            {
+                "num_parallel": config.num_parallel,
+                "max_queue": config.max_queue,
+                "max_loaded_models": config.max_loaded_models,
+                "context_length": config.context_length,
+            }
+        )
+
     async def show(self, request: Request) -> Response:
         return await self.handle_show(await _body(request))
 

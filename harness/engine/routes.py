@@ -77,6 +77,7 @@ def build_app(config: EngineConfig) -> Starlette:
         gin_route("/api/embed", _handler(engine.embed), ["POST"]),
         gin_route("/api/embeddings", _handler(engine.legacy_embeddings), ["POST"]),
         gin_route("/harness/runners", _handler(engine.runners), ["GET"]),
+        gin_route("/harness/settings", _handler(engine.settings), ["GET"]),
         *(gin_route(path, _no_registry, ["POST"]) for path in NO_REGISTRY),
         *openai_routes(engine),
     ]

@@ -8,6 +8,10 @@ Both write a run folder (`reports/<run-id>/`) with one "load" record in `harness
 wall_s, client_cpu_s, summary), labelled with the host and the runner, so `harness report` reads and
 compares either. A Locust run also records each worker's accounting (requests started, samples received);
 a worker that died or lost samples makes the run incomplete, with the reason.
+
+Exit status: 0 when every request was served; 1 when any request failed (an error, a timeout, or a 503
+"server busy" unless `--allow-busy` says the scenario expects them) or the run is incomplete, and the last
+line says `Result: FAILED` with why; 2 for unusable options.
 """
 
 from __future__ import annotations
@@ -227,6 +231,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--options", default="{}", help="request options as a JSON object")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument("--scenario", help="scenario name in the run record (default from the settings)")
+    parser.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="503 'server busy' answers are expected (an overload scenario): counted, but not a failure",
+    )
     parser.add_argument("--locust", action="store_true", help="run on Locust: a master and --workers workers")
     parser.add_argument("--workers", type=int, default=2, help="local Locust worker processes (default 2)")
     parser.add_argument(
@@ -268,7 +277,7 @@ def handle(args: argparse.Namespace) -> int:
         recorder = record_locust_run(
             run, reports_dir=run_dir, host=args.host, model=model, scenario=scenario, meta=meta
         )
-        return _print(recorder, run.to_result(), run.problems)
+        return _print(recorder, run.to_result(), run.problems, allow_busy=args.allow_busy)
     if not args.model:
         raise HarnessError("--model is required", "name the model to load, e.g. --model qwen2.5:0.5b")
     options = _options(args.options)
@@ -284,10 +293,12 @@ def handle(args: argparse.Namespace) -> int:
             recorder.finish("incomplete", f"the Locust run failed: {error}")
             raise
         scenario = args.scenario or f"c{args.users}"
-        recorder.append(run.to_record(args.model, scenario, args.host))
+        record = run.to_record(args.model, scenario, args.host)
+        record["failed_requests"] = failed_requests(run.to_result(), allow_busy=args.allow_busy)
+        recorder.append(record)
         problems = run.problems
         recorder.finish("incomplete" if problems else "complete", "; ".join(problems) or None)
-        return _print(recorder, run.to_result(), problems)
+        return _print(recorder, run.to_result(), problems, allow_busy=args.allow_busy)
     if not args.requests:
         raise HarnessError(
             "an in-process run needs --requests N", "e.g. --requests 100 (--duration is Locust's)"
@@ -298,12 +309,25 @@ def handle(args: argparse.Namespace) -> int:
             options=options, timeout_s=args.timeout, api=args.api, transport="httpx",
         )  # fmt: skip
         record = result.to_record(args.model, args.scenario or f"c{args.users}")
-        record.update(host=args.host, runner="harness.load")
+        record.update(
+            host=args.host,
+            runner="harness.load",
+            failed_requests=failed_requests(result, allow_busy=args.allow_busy),
+        )
         recorder.append(record)
-    return _print(recorder, result, [])
+    return _print(recorder, result, [], allow_busy=args.allow_busy)
 
 
-def _print(recorder: RunRecorder, result: LoadResult, problems: list[str]) -> int:
+def failed_requests(result: LoadResult, *, allow_busy: bool) -> list[str]:
+    """Why the requests of a load run count as failed: errors and timeouts, and 503s unless expected."""
+    counts = result.counts()
+    failed = [f"{counts[kind]} {kind}" for kind in ("error", "timeout") if counts[kind]]
+    if counts["busy"] and not allow_busy:
+        failed.append(f"{counts['busy']} busy (503; pass --allow-busy when the scenario expects them)")
+    return failed
+
+
+def _print(recorder: RunRecorder, result: LoadResult, problems: list[str], *, allow_busy: bool) -> int:
     summary = result.summary()
     counts = ", ".join(f"{key} {value}" for key, value in summary["counts"].items())
     print(
@@ -313,4 +337,8 @@ def _print(recorder: RunRecorder, result: LoadResult, problems: list[str]) -> in
     for problem in problems:
         print(f"INCOMPLETE: {problem}")
     print(f"run {recorder.run_id}: {recorder.path}")
-    return 1 if problems else 0
+    reasons = [*problems, *failed_requests(result, allow_busy=allow_busy)]
+    for kind, count in result.errors_by_kind().items() if reasons else ():
+        print(f"  {count} x {kind}")
+    print("Result: FAILED: " + "; ".join(reasons) if reasons else "Result: OK")
+    return 1 if reasons else 0

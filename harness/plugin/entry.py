@@ -24,7 +24,6 @@ import pytest
 from harness.errors import HarnessError
 from harness.plugin.hooks import EXIT_CANNOT_START, HarnessPlugin
 from harness.plugin.options import (
-    DEFAULT_NUM_PREDICT,
     DEFAULT_PROFILE,
     DEFAULT_REQUEST_TIMEOUT_S,
 )
@@ -87,8 +86,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--num-predict",
         metavar="N",
-        default=str(DEFAULT_NUM_PREDICT),
-        help=f"tokens per quality answer (default {DEFAULT_NUM_PREDICT})",
+        default=None,
+        help="tokens per quality answer (default: harness.toml [suites] num_predict, else each suite "
+        "file's num_predict)",
+    )
+    group.addoption(
+        "--fewshot",
+        dest="harness_fewshot",
+        metavar="K",
+        default=None,
+        help="prepend K solved examples (each suite file's held-out fewshot list) to every quality prompt, "
+        "for base models without a chat template (default 0)",
     )
     group.addoption(
         "--request-timeout",
@@ -117,6 +125,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quality: a quality suite (an expected failure on fixture models)")
     config.addinivalue_line(
         "markers", "fixture_weights(reason): needs the fixture models; skipped with --model/--gguf"
+    )
+    config.addinivalue_line(
+        "markers",
+        "destructive: feeds the server input that may kill it (broken files); runs after every other test",
     )
 
 
@@ -222,24 +234,29 @@ def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
-    --repeats, --num-predict), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
+    --repeats, --num-predict, --fewshot), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+    from harness.quality.run import Answer, Generation
     from harness.quality.run import run_quality_suite as run_suite
     from harness.quality.suite_data import load_suite
 
     options = harness_session.options
 
-    def ask(prompt: str, repeat: int) -> str:
-        reply = ollama_client.chat(
-            model_under_test.name,
-            [{"role": "user", "content": prompt}],
-            options={"temperature": 0, "seed": 0, "num_predict": options.num_predict},
-        )
-        return str(reply.text)
-
     def run(name: str) -> Any:
         suite = load_suite(name)
         items = suite.items[: options.max_items] if options.max_items else suite.items
+        generation = Generation(
+            num_predict=options.num_predict_for(suite.name, suite.num_predict),
+            stop=suite.stop,
+            fewshot=options.fewshot,
+        )
+
+        def ask(prompt: str, repeat: int) -> Answer:
+            reply = ollama_client.chat(
+                model_under_test.name, [{"role": "user", "content": prompt}], options=generation.options()
+            )
+            return Answer(str(reply.text), reply.done_reason, reply.eval_count)
+
         return run_suite(
             suite,
             items,
@@ -249,6 +266,7 @@ def run_quality_suite(
             threshold=options.threshold(suite.name, model_under_test.name, suite.threshold),
             repeats=options.repeats,
             expected_to_fail=options.uses_fixture_model,
+            generation=generation,
         )
 
     return run

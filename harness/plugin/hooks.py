@@ -63,6 +63,8 @@ class HarnessPlugin:
         self.summary: str | None = None
         self.model_under_test: str | None = None
         self.server_time: ServerTimeLog | None = None
+        self.collected: list[str] = []  # node ids in the order they run
+        self.reported: set[str] = set()  # node ids with an outcome record
         self._previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
 
     # -------------------------------------------------------------------------------------------- start
@@ -154,6 +156,9 @@ class HarnessPlugin:
         return self.start()
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        # Cases that may kill the server (broken files: Ollama 0.24 dies on some) run last, so that a server
+        # they kill costs only what comes after them, never the quality, load or memory suites.
+        items[:] = destructive_last(items)
         options = self.current_options()
         for item in items:
             if item.get_closest_marker("timeout") is None:
@@ -187,11 +192,14 @@ class HarnessPlugin:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         harness = self.harness
-        if harness is not None and report.failed and uses_server(item) and harness.server_down is None:
-            down = harness.check_server()
+        if harness is not None and report.failed and uses_server(item) and not item.session.shouldstop:
+            down = harness.check_server()  # the one already found (by the test itself), or found now
             if down is not None:
                 item.session.shouldstop = f"{down}; the remaining tests were not run"
         return report
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected = [item.nodeid for item in session.items]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         harness = self.harness
@@ -199,6 +207,7 @@ class HarnessPlugin:
             return
         record = self.outcome_record(report)
         if record is not None:
+            self.reported.add(report.nodeid)
             harness.record(record)
 
     def outcome_record(self, report: pytest.TestReport) -> dict[str, Any] | None:
@@ -251,6 +260,10 @@ class HarnessPlugin:
             return
         if self.server_time is not None:
             write_server_time(harness, self.server_time)
+        if harness.server_down is not None:
+            not_run = [nodeid for nodeid in self.collected if nodeid not in self.reported]
+            if not_run:
+                harness.record(not_run_finding(harness.server_down, not_run))
         reason: str | None = None
         if harness.server_down is not None:
             reason = harness.server_down
@@ -274,6 +287,21 @@ class HarnessPlugin:
         if self.summary is not None:
             terminalreporter.write_sep("-", "ollama-harness")
             terminalreporter.write_line(self.summary)
+
+
+def destructive_last(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items in their order, those marked `destructive` moved to the end (in their own order)."""
+    return sorted(items, key=lambda item: item.get_closest_marker("destructive") is not None)
+
+
+def not_run_finding(server_down: str, not_run: list[str]) -> dict[str, Any]:
+    """The "finding" record of the tests a dead server left unrun."""
+    return {
+        "kind": "finding",
+        "finding": "not-run",
+        "text": f"{len(not_run)} test(s) not run: {server_down}",
+        "tests": not_run,
+    }
 
 
 def uses_server(item: pytest.Item) -> bool:

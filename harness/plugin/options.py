@@ -23,8 +23,10 @@ QUALITY_SUITES = ("math", "quantum")
 # chat model on these items and far above what a model that is not a language model can reach (about 0).
 DEFAULT_THRESHOLDS: Mapping[str, float] = {"math": 0.5, "quantum": 0.5}
 DEFAULT_PROFILE = "oracle"
-DEFAULT_NUM_PREDICT = 64
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
+# The fixture models are not language models (their answers only prove the grader scores them about zero),
+# so a suite's chain-of-thought budget would only cost time on them: they get this one unless one is set.
+FIXTURE_NUM_PREDICT = 64
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class SuiteOptions:
     config: HarnessConfig = field(default_factory=HarnessConfig)
     repeats: int = 1
     max_items: int | None = None
-    num_predict: int = DEFAULT_NUM_PREDICT
+    num_predict: int | None = None  # --num-predict (None: harness.toml, else each suite file)
+    fewshot: int = 0  # --fewshot K: solved examples before each question
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     engine_models_dir: Path | None = None
     matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.plugin.matrix)
@@ -65,6 +68,16 @@ class SuiteOptions:
             return configured
         return suite_default if suite_default is not None else DEFAULT_THRESHOLDS.get(suite, 0.5)
 
+    def num_predict_for(self, suite: str, suite_default: int) -> int:
+        """Tokens per answer of `suite`: --num-predict, else harness.toml `[suites] num_predict`, else the
+        suite file's `num_predict` (`FIXTURE_NUM_PREDICT` at most on a fixture model)."""
+        if self.num_predict is not None:
+            return self.num_predict
+        configured = self.config.num_predict(suite)
+        if configured is not None:
+            return configured
+        return min(suite_default, FIXTURE_NUM_PREDICT) if self.uses_fixture_model else suite_default
+
     def to_record(self) -> dict[str, Any]:
         """The options as plain data for run.json."""
         return {
@@ -82,6 +95,7 @@ class SuiteOptions:
             "repeats": self.repeats,
             "max_items": self.max_items,
             "num_predict": self.num_predict,
+            "fewshot": self.fewshot,
             "request_timeout_s": self.request_timeout_s,
             "matrix": list(self.matrix),
         }
@@ -182,7 +196,8 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
         config=load_config(get("harness_config")),
         repeats=positive_int(get("repeats"), "--repeats") or 1,
         max_items=positive_int(get("max_items"), "--max-items"),
-        num_predict=positive_int(get("num_predict"), "--num-predict") or DEFAULT_NUM_PREDICT,
+        num_predict=positive_int(get("num_predict"), "--num-predict"),
+        fewshot=positive_int(get("harness_fewshot"), "--fewshot", minimum=0) or 0,
         request_timeout_s=request_timeout,
         engine_models_dir=Path(engine_models_dir) if engine_models_dir else None,
         matrix=matrix,

@@ -107,14 +107,16 @@ class ScaleOutPlugin(HarnessPlugin):
         self.recorder = RunRecorder.create(
             options.run_dir,
             {"options": options.to_record(), "suites": [str(arg) for arg in self.config.args], "hosts": {}},
+            update_latest=False,
         )
         self.sink = LocalSink(self.recorder)
         for host in self.hosts:
             why = probe(normalize_url(host))
             if why is not None:
                 message = f"no Ollama server answers at {host} (from --ollama-host): {why}"
-                self.recorder.finish("incomplete", f"the session could not start: {message}")
+                self.recorder.failed_to_start(f"the session could not start: {message}")
                 raise ServerError(message, "start it, or leave it out of --ollama-host")
+        self.recorder.point_latest()
         self.options = options
         return None
 

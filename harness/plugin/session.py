@@ -59,6 +59,7 @@ class HarnessSession:
         self.server: Server | None = None
         self.client: OllamaClient | None = None
         self.server_version: str | None = None
+        self.scheduler: dict[str, int] = {}  # what the server said of its settings (harness/engine/app.py)
         self.models: list[ModelUnderTest] = []
         self.server_down: str | None = None
         self.interrupted: str | None = None
@@ -73,10 +74,11 @@ class HarnessSession:
     ) -> HarnessSession:
         """Open the run folder (or write through `recorder`: one host of a multi-host run), reach the server
         and read its version; raises HarnessError when that fails (the run folder is then kept, marked
-        incomplete with the reason)."""
+        failed-to-start with the reason, and `reports/latest` is not moved to it)."""
+        own_run = recorder is None
         if recorder is None:
             recorder = RunRecorder.create(
-                options.run_dir, {"options": options.to_record(), "suites": suites or []}
+                options.run_dir, {"options": options.to_record(), "suites": suites or []}, update_latest=False
             )
         session = cls(options, recorder)
         try:
@@ -88,12 +90,22 @@ class HarnessSession:
                 recorder.update({"gguf_check": report.summary_line()})
             session._connect()
         except HarnessError as error:
-            session.finish(status="incomplete", reason=f"the session could not start: {error.message}")
+            session.finish_unstarted(f"the session could not start: {error.message}")
             raise
         except BaseException as error:
-            session.finish(status="incomplete", reason=f"start failed: {type(error).__name__}: {error}")
+            session.finish_unstarted(f"start failed: {type(error).__name__}: {error}")
             raise
+        if own_run and isinstance(recorder, RunRecorder):
+            recorder.point_latest()
         return session
+
+    def finish_unstarted(self, reason: str) -> None:
+        """End a session that never started: clean up, and mark its run failed-to-start (a host of a
+        multi-host run: incomplete with the reason)."""
+        if isinstance(self.recorder, RunRecorder):
+            self.finish(status="incomplete", reason=reason, unstarted=True)
+        else:
+            self.finish(status="incomplete", reason=reason)
 
     def _connect(self) -> None:
         models_dir = self.options.engine_models_dir
@@ -116,6 +128,7 @@ class HarnessSession:
 
         self.client = OllamaClient(self.server.host, timeout=self.options.request_timeout_s)
         self.server_version = self.client.version()
+        self.scheduler = self.client.scheduler_settings() or {}
         self.recorder.update(
             {
                 "server": {
@@ -127,6 +140,7 @@ class HarnessSession:
                     "pid": self.server.pid,
                     "num_parallel": self.num_parallel,
                     "max_queue": self.max_queue,
+                    "settings_from": {key: self.setting_source(key) for key in ("num_parallel", "max_queue")},
                     "log": ENGINE_LOG if self.is_embedded else None,
                 }
             }
@@ -139,22 +153,30 @@ class HarnessSession:
         """Whether the server is the embedded engine this session started."""
         return self.server is not None and self.server.kind == "embedded"
 
+    def scheduler_setting(self, name: str) -> int | None:
+        """A scheduler setting (`num_parallel`, `max_queue`) known or asked, never assumed: what the server
+        says (the embedded engine, started here or by `harness serve`, answers), else harness.toml `[load]`,
+        else None (unknown: the tests that need it skip with the reason)."""
+        if name in self.scheduler:
+            return self.scheduler[name]
+        value = self.options.config.load.get(name)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def setting_source(self, name: str) -> str | None:
+        """Where `scheduler_setting(name)` came from: "server", "harness.toml" or None (unknown)."""
+        if name in self.scheduler:
+            return "server"
+        return "harness.toml" if self.scheduler_setting(name) is not None else None
+
     @property
     def num_parallel(self) -> int | None:
-        """Parallel requests per model the server runs: known for the embedded engine, else from
-        harness.toml `[load] num_parallel`, else None (unknown)."""
-        if self.is_embedded:
-            return EMBEDDED_NUM_PARALLEL
-        value = self.options.config.load.get("num_parallel")
-        return int(value) if isinstance(value, int) else None
+        """Parallel requests per model the server runs (`scheduler_setting`)."""
+        return self.scheduler_setting("num_parallel")
 
     @property
     def max_queue(self) -> int | None:
-        """Requests the server queues before answering 503: as for `num_parallel`."""
-        if self.is_embedded:
-            return EMBEDDED_MAX_QUEUE
-        value = self.options.config.load.get("max_queue")
-        return int(value) if isinstance(value, int) else None
+        """Requests the server queues before answering 503 (`scheduler_setting`)."""
+        return self.scheduler_setting("max_queue")
 
     def require_client(self) -> OllamaClient:
         """The client; raises ServerError when the session has none (start failed) or the server is down."""
@@ -174,6 +196,23 @@ class HarnessSession:
             if why is not None:
                 self.server_down = f"{self.server.describe()} stopped answering: {why}"
         return self.server_down
+
+    def death_finding(self, case: str, stage: str, path: Path) -> dict[str, Any]:
+        """The "finding" record of a server that the input of `case` (the file `path`) killed at `stage`
+        ("create", "load"): which server and version, which file (a server bug: bad input must get an error
+        answer, never a crash)."""
+        server = "the embedded engine" if self.is_embedded else "Ollama"
+        doing = {"create": "creating", "load": "loading"}.get(stage, "using")
+        return {
+            "kind": "finding",
+            "finding": "server-died",
+            "text": f"{server} {self.server_version} exited while {doing} {case} ({path.name})",
+            "case": case,
+            "stage": stage,
+            "file": str(path),
+            "server_version": self.server_version,
+            "reason": self.server_down,
+        }
 
     # ---------------------------------------------------------------------------------------- recording
 
@@ -205,8 +244,9 @@ class HarnessSession:
                 problems.append(f"could not delete {model.name}: {error.message}")
         return problems
 
-    def finish(self, *, status: str, reason: str | None = None) -> None:
-        """Clean up (models, engine) and close the run record; safe to call more than once."""
+    def finish(self, *, status: str, reason: str | None = None, unstarted: bool = False) -> None:
+        """Clean up (models, engine) and close the run record (`unstarted`: as failed-to-start); safe to call
+        more than once."""
         problems = self.delete_created_models()
         try:
             self._stack.close()
@@ -216,4 +256,7 @@ class HarnessSession:
             if problems:
                 with contextlib.suppress(HarnessError):
                     self.recorder.update({"cleanup_problems": problems})
-            self.recorder.finish(status, reason)
+            if unstarted and isinstance(self.recorder, RunRecorder):
+                self.recorder.failed_to_start(reason or "the session could not start")
+            else:
+                self.recorder.finish(status, reason)

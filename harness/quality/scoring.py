@@ -20,6 +20,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from harness.errors import SuiteDataError
@@ -612,6 +613,21 @@ def accuracy(results: Iterable[GradeResult]) -> tuple[float, float]:
         sum(result.score_strict for result in collected) / len(collected),
         sum(result.score_flexible for result in collected) / len(collected),
     )
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: `successes` (a sum of scores in [0, 1]) out of `n`.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 and n successes: 0 of 56 gives
+    [0 %, 6.4 %], 28 of 56 gives [37 %, 63 %]. (0.0, 1.0) for n = 0: nothing is known.
+    """
+    if n <= 0:
+        return (0.0, 1.0)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = min(max(successes / n, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - spread), min(1.0, centre + spread))
 
 
 def pass_rate(results: Iterable[GradeResult]) -> float:

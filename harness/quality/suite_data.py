@@ -1,9 +1,10 @@
 """Load and validate the prompt data of the quality suites (`suites/data/<suite>.yaml`).
 
 A suite file has a header (suite name, version, description, the prompt-format instruction shared by all
-its items, the pass threshold) and a list of items (id, prompt, grader, answer, tags, grader-specific
-fields). Every problem in a file is reported at once, each naming the file, the item id and the problem,
-as one `SuiteDataError`.
+its items, the pass threshold, the generation budget `num_predict` and `stop` sequences, and a held-out
+`fewshot` list of solved examples that are never scored) and a list of items (id, prompt, grader, answer,
+tags, grader-specific fields). Every problem in a file is reported at once, each naming the file, the item
+id and the problem, as one `SuiteDataError`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,32 @@ from harness.quality.scoring import Item, Rubric, get_grader, grader_names
 DATA_DIR = Path(__file__).resolve().parents[2] / "suites" / "data"
 DIFFICULTIES = ("easy", "medium", "hard")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_HEADER_KEYS = {"suite", "version", "description", "instruction", "threshold", "items"}
+_HEADER_KEYS = {
+    "suite", "version", "description", "instruction", "threshold", "items", "num_predict", "stop", "fewshot",
+}  # fmt: skip
+_FEWSHOT_KEYS = {"prompt", "solution", "answer"}
+# Tokens an answer may take when the suite file sets no `num_predict`: room for a worked solution before the
+# `Answer:` line (lm-evaluation-harness gives GSM8K chain-of-thought 256; our items need more, see math.yaml).
+DEFAULT_SUITE_NUM_PREDICT = 512
 _ITEM_KEYS = {
     "id", "prompt", "grader", "answer", "tags", "rel_tolerance", "tolerance", "units", "accept", "rubric",
     "check",
 }  # fmt: skip
 _HINT = "fix the file (see suites/data/README.md for the format)"
+
+
+@dataclass(frozen=True)
+class FewShotExample:
+    """A solved example shown before the question (`--fewshot K`): never one of the scored items."""
+
+    prompt: str
+    solution: str
+    answer: str
+
+    def as_text(self) -> str:
+        """The example in the format the answers are graded in: question, worked solution, `Answer:` line."""
+        solution = f"{self.solution.strip()}\n" if self.solution.strip() else ""
+        return f"Question: {self.prompt.strip()}\n{solution}Answer: {self.answer}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,9 @@ class Suite:
     instruction: str
     threshold: float
     items: tuple[Item, ...]
+    num_predict: int = DEFAULT_SUITE_NUM_PREDICT
+    stop: tuple[str, ...] = ()
+    fewshot: tuple[FewShotExample, ...] = ()
 
     def item(self, item_id: str) -> Item:
         """The item with this id; `SuiteDataError` if there is none."""
@@ -50,9 +74,19 @@ class Suite:
                 return item
         raise SuiteDataError(f"suite {self.name!r} has no item {item_id!r}", "list the items of the suite")
 
-    def format_prompt(self, item: Item) -> str:
-        """The text sent to the model: the question, then the suite's answer-format instruction."""
-        return f"{item.prompt.strip()}\n\n{self.instruction.strip()}"
+    def format_prompt(self, item: Item, fewshot: int = 0) -> str:
+        """The text sent to the model: the question, then the suite's answer-format instruction; with
+        `fewshot` K > 0, the instruction, K solved examples and the question in the same `Question:` format
+        (lm-evaluation-harness's `num_fewshot`), so that a base model continues with a solution."""
+        if fewshot <= 0:
+            return f"{item.prompt.strip()}\n\n{self.instruction.strip()}"
+        if fewshot > len(self.fewshot):
+            raise SuiteDataError(
+                f"--fewshot {fewshot}: suite {self.name!r} has only {len(self.fewshot)} few-shot example(s)",
+                f"use --fewshot {len(self.fewshot)} or fewer, or add examples to 'fewshot' in {self.path}",
+            )
+        examples = "\n\n".join(example.as_text() for example in self.fewshot[:fewshot])
+        return f"{self.instruction.strip()}\n\n{examples}\n\nQuestion: {item.prompt.strip()}\n"
 
 
 def list_suites(data_dir: Path = DATA_DIR) -> list[str]:
@@ -95,6 +129,13 @@ def _parse_suite(document: Any, path: Path) -> Suite:
     threshold = document.get("threshold", 0.5)
     if not _is_number(threshold) or not 0 <= threshold <= 1:
         problems.append(f"header 'threshold' must be a number in [0, 1], not {threshold!r}")
+    num_predict = document.get("num_predict", DEFAULT_SUITE_NUM_PREDICT)
+    if not isinstance(num_predict, int) or isinstance(num_predict, bool) or num_predict < 1:
+        problems.append(f"header 'num_predict' must be an integer >= 1, not {num_predict!r}")
+    stop = _string_list(document.get("stop", []))
+    if stop is None:
+        problems.append("header 'stop' must be a list of non-empty strings")
+    fewshot = _parse_fewshot(document.get("fewshot", []), problems)
     raw_items = document.get("items")
     if not isinstance(raw_items, list) or not raw_items:
         problems.append("'items' must be a non-empty list")
@@ -112,6 +153,12 @@ def _parse_suite(document: Any, path: Path) -> Suite:
         problems += [f"{label}: {problem}" for problem in item_problems]
         if item is not None:
             items.append(item)
+    scored = {" ".join(item.prompt.split()) for item in items}
+    problems += [
+        f"fewshot example #{index + 1} is a scored item (few-shot examples must be held out)"
+        for index, example in enumerate(fewshot)
+        if " ".join(example.prompt.split()) in scored
+    ]
     if problems:
         listed = "\n  ".join(problems)
         raise SuiteDataError(f"{path}: {len(problems)} problem(s):\n  {listed}", _HINT)
@@ -123,7 +170,33 @@ def _parse_suite(document: Any, path: Path) -> Suite:
         instruction=document["instruction"].strip(),
         threshold=float(threshold),
         items=tuple(items),
+        num_predict=int(num_predict),
+        stop=stop or (),
+        fewshot=tuple(fewshot),
     )
+
+
+def _parse_fewshot(raw: Any, problems: list[str]) -> list[FewShotExample]:
+    """The held-out solved examples (`fewshot:`), each with a prompt, an optional solution and an answer."""
+    if not isinstance(raw, list):
+        problems.append("'fewshot' must be a list of examples with prompt, solution and answer")
+        return []
+    examples = []
+    for index, entry in enumerate(raw):
+        label = f"fewshot example #{index + 1}"
+        if not isinstance(entry, Mapping) or set(entry) - _FEWSHOT_KEYS:
+            problems.append(f"{label}: must be a mapping with prompt, solution and answer only")
+            continue
+        prompt, solution, answer = entry.get("prompt"), entry.get("solution", ""), entry.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        if not all(isinstance(value, str) for value in (prompt, solution, answer)) or not (
+            str(prompt).strip() and str(answer).strip()
+        ):
+            problems.append(f"{label}: prompt and answer must be non-empty strings, solution a string")
+            continue
+        examples.append(FewShotExample(str(prompt).strip(), str(solution).strip(), str(answer).strip()))
+    return examples
 
 
 def _is_number(value: Any) -> bool:

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from harness.config import ConfigError, Threshold, load_config, parse_threshold
 from harness.errors import HarnessError
-from harness.report.compare import build_report, find_baseline, find_run_on_version, resolve_run
+from harness.report.compare import (
+    baseline_keys,
+    build_report,
+    find_baseline,
+    find_run_on_version,
+    resolve_run,
+)
 from harness.report.metrics import metric_history, metric_names
 from harness.report.render import FORMATS, render_history, render_report, render_run_list
 from harness.runs import LATEST_LINK, RunRecord, list_runs, load_run, scan_runs
@@ -65,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--baseline",
         metavar="RUN",
         help="the run to compare with, on any server (default: the newest earlier complete run of the same "
-        "models, engine kind and host)",
+        "models, engine kind and hardware class: CPU model, cores, RAM in GiB, GPU; harness.toml [report] "
+        "baseline_match changes the machine keys)",
     )
     which.add_argument(
         "--against-version",
@@ -74,6 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(e.g. 0.24.0; 0.33.0 also matches the embedded engine's 0.33.0+harness.X)",
     )
     which.add_argument("--no-baseline", action="store_true", help="report the run alone")
+    parser.add_argument(
+        "--require-baseline",
+        action="store_true",
+        help="exit 1 when no baseline is found (for CI: a gate that never compares is no gate)",
+    )
     parser.add_argument(
         "--reports-dir",
         type=Path,
@@ -139,16 +151,20 @@ def run_report(args: argparse.Namespace) -> int:
     elif args.no_baseline:
         baseline = None
     else:
-        baseline = find_baseline(run, reports_dir)
+        match_keys = baseline_keys(config)
+        baseline = find_baseline(run, reports_dir, match_keys)
         if baseline is None:
+            machine = ", ".join(match_keys) or "any machine"
             note = (
-                f"No baseline: no earlier complete run in {reports_dir} of the same models on the same "
-                "engine kind and host; pass --baseline RUN (or --against-version VERSION) to compare with "
-                "a run on another server."
+                f"No baseline: no earlier complete run in {reports_dir} of the same models, engine kind "
+                f"and machine ({machine}); pass --baseline RUN (or --against-version VERSION) to compare "
+                "with a run on another server."
             )
     report = build_report(
         run, config=config, baseline=baseline, baseline_note=note, overrides=overrides, worst_count=args.worst
     )
+    if args.require_baseline and baseline is None and not args.no_baseline:
+        report.missing_baseline = note
     print(render_report(report, args.format), end="")
     if args.plot:
         from harness.report.plot import plot_report  # matplotlib, an optional extra: only for --plot

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, HarnessConfig, Threshold, find_threshold
+from harness.config import (
+    DEFAULT_BASELINE_MATCH,
+    ConfigError,
+    HarnessConfig,
+    Threshold,
+    find_threshold,
+)
 from harness.errors import RunRecordError
 from harness.report.controls import ExactOutput, compare_exact_outputs
 from harness.report.hosts import HostRow, compare_hosts, host_notes
@@ -26,8 +32,9 @@ from harness.report.metrics import (
     summarise_suites,
     worst_prompts,
 )
+from harness.report.prompts import FlippedPrompt, flipped_prompts
 from harness.report.stats import Direction, Judgement, Verdict, judge
-from harness.runs import RunRecord, list_runs, load_run
+from harness.runs import RunRecord, hardware_key, list_runs, load_run
 from harness.units import noise_floor
 
 # ------------------------------------------------------------------------------------------ baseline
@@ -38,27 +45,55 @@ def model_keys(run: RunRecord) -> frozenset[str]:
     return frozenset(model_identities(run).values())
 
 
-def comparable(run: RunRecord, candidate: RunRecord) -> list[str]:
-    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is)."""
+def baseline_keys(config: HarnessConfig) -> tuple[str, ...]:
+    """The machine keys a baseline must share with the run: `[report] baseline_match`, else the hardware
+    class (CPU model, cores, RAM in whole GiB, GPU names), never the host name unless asked for."""
+    return config.baseline_match if config.baseline_match is not None else DEFAULT_BASELINE_MATCH
+
+
+def machine_key(run: RunRecord, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The run's values of the baseline keys (harness.runs.hardware_key)."""
+    return hardware_key(run.meta.get("machine") or {}, keys)
+
+
+def comparable(
+    run: RunRecord, candidate: RunRecord, keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
+) -> list[str]:
+    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is): other models (by
+    identity, whatever the server), engine kind, or machine (`keys`)."""
     differences = []
     if model_keys(candidate) != model_keys(run):
         differences.append("the models differ (other GGUF files, types, parameters or templates)")
     if candidate.engine_kind != run.engine_kind:
         differences.append(f"engine kind differs ({candidate.engine_kind} vs {run.engine_kind})")
-    if candidate.fingerprint != run.fingerprint:
-        differences.append("host fingerprint differs (other hardware)")
+    ours, theirs = machine_key(run, keys), machine_key(candidate, keys)
+    differing = [key for key in keys if ours[key] != theirs[key]]
+    if differing:
+        listed = ", ".join(f"{key} {theirs[key]!r} vs {ours[key]!r}" for key in differing)
+        differences.append(f"other machine ({listed})")
     return differences
 
 
-def find_baseline(run: RunRecord, reports_dir: str | os.PathLike[str]) -> RunRecord | None:
-    """The newest complete run started before `run` with the same models, engine kind and host."""
+def matched_on(run: RunRecord, keys: tuple[str, ...]) -> str:
+    """Which keys a baseline matched, for the report: models, engine and each machine key with its value."""
+    machine = ", ".join(
+        f"{key} {value if value is not None else 'none'}" for key, value in machine_key(run, keys).items()
+    )
+    return f"same models, engine kind {run.engine_kind}" + (f", {machine}" if machine else ", any machine")
+
+
+def find_baseline(
+    run: RunRecord, reports_dir: str | os.PathLike[str], keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
+) -> RunRecord | None:
+    """The newest complete run started before `run` with the same models (by identity), engine kind and
+    machine (`keys`: see `baseline_keys`)."""
     candidates = [
         candidate
         for candidate in list_runs(reports_dir)
         if candidate.complete
         and candidate.run_id != run.run_id
         and (candidate.started_at, candidate.run_id) < (run.started_at, run.run_id)
-        and not comparable(run, candidate)
+        and not comparable(run, candidate, keys)
     ]
     return load_run(candidates[-1].path) if candidates else None
 
@@ -275,11 +310,16 @@ class RunReport:
     memory: list[MemorySummary]
     baseline: RunRecord | None = None
     baseline_note: str = ""
+    baseline_match: str = ""  # what the baseline matched on (models, engine, machine keys and values)
+    missing_baseline: str = ""  # --require-baseline and none was found: why (a failure)
     hosts: list[HostRow] = field(default_factory=list)  # hosts side by side (a multi-host run)
     matrix: MatrixSummary | None = None  # the quantization matrix (a --matrix run)
     comparison: list[MetricComparison] = field(default_factory=list)
     differences: list[RunDifference] = field(default_factory=list)  # what differs from the baseline's run
     exact: list[ExactOutput] = field(default_factory=list)  # exact-output controls against the baseline
+    flipped: list[FlippedPrompt] = field(
+        default_factory=list
+    )  # prompts graded otherwise than in the baseline
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -304,6 +344,12 @@ class RunReport:
                 )
         if not self.run.complete:
             reasons.append(f"the run is {self.run.status}")
+        for record in self.run.of_kind("load"):
+            if record.get("failed_requests"):  # `harness load`: requests that were not served
+                failed = "; ".join(record["failed_requests"])
+                reasons.append(f"load {record.get('scenario')} on {record.get('model')}: {failed}")
+        if self.missing_baseline:
+            reasons.append("no baseline (--require-baseline)")
         return reasons
 
     @property
@@ -345,7 +391,10 @@ def build_report(
     if overrides:
         check_threshold_signs(overrides, current.values())
     if baseline is not None:
+        keys = baseline_keys(config)
         report.differences = run_differences(baseline, run)
+        if not comparable(run, baseline, keys):
+            report.baseline_match = matched_on(run, keys)
         if model_keys(baseline) != model_keys(run):
             report.notes.append(
                 f"baseline {baseline.run_id} tested other models (other GGUF files, types, parameters or "
@@ -361,4 +410,5 @@ def build_report(
         report.comparison = compare_metrics(
             collect_metrics(baseline), unjudged_timings(current, changes), config, overrides
         )
+        report.flipped = flipped_prompts(run, baseline)
     return report

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.modelfile.identity import identity_digest, model_identity
+from harness.quality.scoring import wilson_interval
 from harness.report.stats import (
     Direction,
     Samples,
@@ -66,6 +67,13 @@ class SuiteSummary:
     threshold: float | None = None
     passed: bool | None = None
     expected_to_fail: bool = False  # a fixture model that is no language model: failing is its job
+    interval: tuple[float, float] | None = None  # Wilson interval of accuracy_strict
+    verdict: str | None = None  # the threshold verdict (harness.quality.run.SuiteOutcome.verdict)
+    cut_off: int | None = None  # answers that hit num_predict
+    num_predict: int | None = None
+    fewshot: int | None = None
+    # every answer's score (its prompt records), by family: accuracy_strict, accuracy_flexible
+    scores: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -92,7 +100,33 @@ def summarise_suites(run: RunRecord) -> list[SuiteSummary]:
         item.threshold = record.get("threshold")
         item.passed = record.get("passed")
         item.expected_to_fail = bool(record.get("expected_to_fail"))
+        interval = record.get("accuracy_interval")
+        if isinstance(interval, list) and len(interval) == 2:
+            item.interval = (float(interval[0]), float(interval[1]))
+        elif isinstance(item.accuracy_strict, (int, float)) and isinstance(item.n, int):
+            item.interval = wilson_interval(item.accuracy_strict * item.n, item.n)  # an older record
+        item.verdict = record.get("verdict")
+        item.cut_off = record.get("cut_off")
+        item.num_predict = record.get("num_predict")
+        item.fewshot = record.get("fewshot")
+    for record in run.of_kind("prompt"):
+        for family, key in (("accuracy_strict", "score_strict"), ("accuracy_flexible", "score_flexible")):
+            score = record.get(key)
+            if isinstance(score, (int, float)):
+                summary(record).scores.setdefault(family, []).append(float(score))
     return sorted(summaries.values(), key=lambda item: (item.model, item.suite))
+
+
+def accuracy_samples(suite: SuiteSummary, family: str) -> Samples | None:
+    """The scores of a suite's answers (`family`: accuracy_strict or accuracy_flexible) as samples, compared
+    by the Wilson-based interval of the difference; rebuilt from n and the accuracy for a run without prompt
+    records."""
+    scores = suite.scores.get(family, [])
+    accuracy = getattr(suite, family)
+    if not scores and isinstance(suite.n, int) and isinstance(accuracy, (int, float)):
+        passed = round(accuracy * suite.n)
+        scores = [1.0] * passed + [0.0] * (suite.n - passed)
+    return Samples(np.array(scores), mean_statistic(), proportion=True, wilson=True) if scores else None
 
 
 def _prompt_score(record: Mapping[str, Any]) -> float:
@@ -306,6 +340,17 @@ def model_identities(run: RunRecord) -> dict[str, str]:
     }
 
 
+def identity_of(run: RunRecord, model: str) -> str:
+    """The identity of one model name of `run` (see `model_identities`): the same in every run of it."""
+    return model_identities(run).get(model, model)
+
+
+def load_by_identity(run: RunRecord) -> dict[tuple[str, str], LoadSummary]:
+    """The run's load summaries keyed (model identity, scenario), to match them with another run's."""
+    identities = model_identities(run)
+    return {(identities.get(load.model, load.model), load.scenario): load for load in summarise_load(run)}
+
+
 def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
     """Every comparable metric of a run, keyed (model identity, metric name): see `model_identities`."""
     metrics: list[Metric] = []
@@ -314,7 +359,14 @@ def collect_metrics(run: RunRecord) -> dict[tuple[str, str], Metric]:
             value = getattr(suite, family)
             if isinstance(value, (int, float)):
                 metrics.append(
-                    Metric(suite.model, f"suite.{suite.suite}.{family}", float(value), "fraction", "higher")
+                    Metric(
+                        suite.model,
+                        f"suite.{suite.suite}.{family}",
+                        float(value),
+                        "fraction",
+                        "higher",
+                        accuracy_samples(suite, family),
+                    )
                 )
     for load in summarise_load(run):
         metrics.extend(load.metrics())

@@ -13,7 +13,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.report.compare import RunReport
-from harness.report.metrics import HistoryRow, summarise_load
+from harness.report.metrics import HistoryRow, identity_of, load_by_identity
 
 
 def _pyplot() -> Any:
@@ -38,11 +38,8 @@ def _ecdf(axes: Any, values: np.ndarray, label: str) -> None:
 def plot_report(report: RunReport, path: Path) -> None:
     """One panel per (model, scenario, measure): the ECDF of TTFT and e2e latency, current and baseline."""
     pyplot = _pyplot()
-    baseline = (
-        {(load.model, load.scenario): load for load in summarise_load(report.baseline)}
-        if report.baseline
-        else {}
-    )
+    # matched by model identity (profile or name, and digest): fixture model names carry the run id
+    baseline = load_by_identity(report.baseline) if report.baseline else {}
     panels = [
         (load, measure)
         for load in report.load
@@ -56,7 +53,7 @@ def plot_report(report: RunReport, path: Path) -> None:
     figure, axes_list = pyplot.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), squeeze=False)
     for axes, (load, measure) in zip(axes_list[:, 0], panels, strict=True):
         _ecdf(axes, load.column(measure), f"{report.run.run_id}")
-        previous = baseline.get((load.model, load.scenario))
+        previous = baseline.get((identity_of(report.run, load.model), load.scenario))
         if previous is not None and len(previous.column(measure)) and report.baseline is not None:
             _ecdf(axes, previous.column(measure), f"baseline {report.baseline.run_id}")
         axes.set_title(f"{load.model} {load.scenario}: {measure.removesuffix('_s')}")

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,23 @@ def header_rows(run: RunRecord) -> list[tuple[str, str]]:
     return rows
 
 
+def format_accuracy(value: float | None, interval: tuple[float, float] | None) -> str:
+    """`accuracy [low, high]` (the 95 % Wilson interval), or the accuracy alone when there is none."""
+    text = format_value(value, "fraction")
+    if value is None or interval is None:
+        return text
+    return f"{text} [{format_value(interval[0], 'fraction')}, {format_value(interval[1], 'fraction')}]"
+
+
+def _cut_off(suite: SuiteSummary) -> str:
+    if suite.cut_off is None:
+        return "-"
+    return f"{suite.cut_off} at {suite.num_predict}" if suite.cut_off else "0"
+
+
 def _suite_result(suite: SuiteSummary) -> str:
     if suite.failed:
-        return "FAIL"
+        return "FAIL (within noise)" if suite.verdict == "below, within noise" else "FAIL"
     if suite.passed is False:
         return "fails, as expected"
     if suite.passed is None and not suite.tests["passed"]:
@@ -152,7 +167,8 @@ def _run_section(report: RunReport) -> Section | None:
 def _suites_section(report: RunReport) -> Section | None:
     if not report.suites:
         return None
-    headers = ["model", "suite", "passed", "failed", "skipped", "xfailed", "n", "strict", "flexible"]
+    headers = ["model", "suite", "passed", "failed", "skipped", "xfailed", "n", "strict [95 % interval]"]
+    headers += ["flexible", "cut off"]
     rows = [
         [
             s.model,
@@ -162,14 +178,24 @@ def _suites_section(report: RunReport) -> Section | None:
             s.tests["skipped"],
             s.tests["xfailed"],
             s.n if s.n is not None else "-",
-            format_value(s.accuracy_strict, "fraction"),
+            format_accuracy(s.accuracy_strict, s.interval),
             format_value(s.accuracy_flexible, "fraction"),
+            _cut_off(s),
             format_value(s.threshold, "fraction"),
             _suite_result(s),
         ]
         for s in report.suites
     ]
     return ("Suites", [*headers, "threshold", "result"], rows)
+
+
+def _findings_section(report: RunReport) -> Section | None:
+    """What the run found about the server itself: a broken file that killed it, the tests left unrun."""
+    findings = report.run.of_kind("finding")
+    if not findings:
+        return None
+    rows = [[f.get("finding", "-"), f.get("host", "-"), _short(f.get("text"), 110)] for f in findings]
+    return ("Findings", ["finding", "host", "what"], rows)
 
 
 def _worst_section(report: RunReport) -> Section | None:
@@ -325,10 +351,30 @@ def _exact_section(report: RunReport) -> Section | None:
     return ("Exact-output controls against the baseline", headers, rows)
 
 
+def _flipped_section(report: RunReport) -> Section | None:
+    if report.baseline is None:
+        return None
+    rows = [
+        [
+            p.model,
+            p.suite,
+            p.item_id + (f" #{p.repeat}" if p.repeat else ""),
+            p.change,
+            _short(p.baseline_response, 40),
+            _short(p.current_response, 40),
+            _short(p.current_reason, 40),
+        ]
+        for p in report.flipped
+    ]
+    headers = ["model", "suite", "item", "change", "baseline response", "current response", "reason now"]
+    return (f"Prompts that changed grade against {report.baseline.run_id}", headers, rows)
+
+
 # The report's tables in the order shown; each section returns None when the run has nothing for it.
 SECTIONS: tuple[Callable[[RunReport], Section | None], ...] = (
     _run_section,
     _suites_section,
+    _findings_section,
     _worst_section,
     _latency_section,
     _throughput_section,
@@ -338,6 +384,7 @@ SECTIONS: tuple[Callable[[RunReport], Section | None], ...] = (
     _differences_section,
     _baseline_section,
     _exact_section,
+    _flipped_section,
 )
 
 
@@ -375,6 +422,8 @@ def render_report(report: RunReport, output_format: str) -> str:
         parts.append(f"> **Warning:** {warning}" if markdown else f"WARNING: {warning}")
     if report.baseline is None and report.baseline_note:
         parts.append(report.baseline_note)
+    if report.baseline is not None and report.baseline_match:
+        parts.append(f"Baseline {report.baseline.run_id} matched on: {report.baseline_match}.")
     for title, headers, rows in _sections(report):
         if not rows:
             continue
@@ -426,11 +475,17 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
                 "n": s.n,
                 "accuracy_strict": s.accuracy_strict,
                 "accuracy_flexible": s.accuracy_flexible,
+                "accuracy_interval": list(s.interval) if s.interval else None,
+                "verdict": s.verdict,
+                "cut_off": s.cut_off,
+                "num_predict": s.num_predict,
+                "fewshot": s.fewshot,
                 "threshold": s.threshold,
                 "passed": not s.failed,
             }
             for s in report.suites
         ],
+        "findings": run.of_kind("finding"),
         "worst_prompts": report.worst,
         "load": [
             {
@@ -462,6 +517,8 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
         if report.baseline is None
         else {"id": report.baseline.run_id, "path": str(report.baseline.path)},
         "baseline_note": report.baseline_note,
+        "baseline_match": report.baseline_match,
+        "flipped_prompts": [{**asdict(prompt), "change": prompt.change} for prompt in report.flipped],
         "differences": [
             {"aspect": item.aspect, "baseline": item.baseline, "current": item.current}
             for item in report.differences

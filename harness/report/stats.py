@@ -12,7 +12,9 @@ threshold to count as a change, and so must any metric with fewer than MIN_SAMPL
 requests resample into a falsely narrow interval: two identical runs of the fixture suites gave a -33 %
 "significant" throughput change that way). A worsening below the metric's floor (1 ms for timings, under
 the scheduling noise of a CPU) is "same" whatever its ratio.
-Metrics without samples (accuracy, memory sizes) are judged on the threshold alone.
+Accuracies come with every answer's score: the change is judged by Newcombe's hybrid score interval (built
+from each side's Wilson interval), so on 56 items a 5-point drop is "noise", not a regression. Metrics without
+samples (memory sizes) are judged on the threshold alone.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from harness.config import Threshold
+from harness.quality.scoring import wilson_interval
 
 Direction = Literal["lower", "higher"]
 Verdict = Literal["better", "same", "noise", "REGRESSED", "new", "gone"]
@@ -73,6 +76,7 @@ class Samples:
     statistic: Statistic
     proportion: bool = False  # 0/1 values whose statistic is their mean (an error rate)
     tail_fraction: float | None = None  # for a percentile statistic: the share of samples beyond it
+    wilson: bool = False  # scores in [0, 1] whose mean is an accuracy: Newcombe's interval of the change
 
     def __post_init__(self) -> None:
         values = np.asarray(self.values, dtype=float)
@@ -121,6 +125,24 @@ def proportion_difference(
     return (difference - spread, difference + spread)
 
 
+def newcombe_difference(
+    baseline: Samples, current: Samples, *, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval of mean(current) - mean(baseline) for scores in [0, 1] (method 10
+    of Newcombe 1998): each side's Wilson interval, combined. Honest for accuracies of 0 % and 100 %."""
+    sides = []
+    for samples in (baseline, current):
+        n = len(samples)
+        p = float(samples.values[:, 0].mean()) if n else 0.0
+        sides.append((p, *wilson_interval(p * n, n, confidence)))
+    (p1, low1, high1), (p2, low2, high2) = sides
+    difference = p2 - p1
+    return (
+        difference - math.hypot(p2 - low2, high1 - p1),
+        difference + math.hypot(high2 - p2, p1 - low1),
+    )
+
+
 def difference_interval(
     baseline: Samples,
     current: Samples,
@@ -129,7 +151,10 @@ def difference_interval(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Confidence interval of the change of a sampled metric: Agresti-Caffo for rates, else the bootstrap."""
+    """Confidence interval of the change of a sampled metric: Newcombe for accuracies, Agresti-Caffo for
+    rates, else the bootstrap."""
+    if baseline.wilson and current.wilson:
+        return newcombe_difference(baseline, current, confidence=confidence)
     if baseline.proportion and current.proportion:
         return proportion_difference(baseline, current, confidence=confidence)
     return bootstrap_difference(baseline, current, resamples=resamples, confidence=confidence, seed=seed)

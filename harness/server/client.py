@@ -45,6 +45,7 @@ __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaReque
 
 # Ollama 0.5.5 replaced the Modelfile string of /api/create with structured fields (files, from, ...).
 STRUCTURED_CREATE_SINCE = (0, 5, 5)
+SETTINGS_PATH = "/harness/settings"  # the embedded engine's scheduler settings (harness/engine/app.py)
 _HASH_CHUNK = 1 << 20
 _T = TypeVar("_T")
 
@@ -250,6 +251,24 @@ class OllamaClient:
         return self._call(request, send, read_timeout=self.timeout)
 
     # ------------------------------------------------------------------------------------------ server
+
+    def scheduler_settings(self) -> dict[str, int] | None:
+        """What the server says of its scheduler (`num_parallel`, `max_queue`), or None when it cannot say.
+
+        The embedded engine (`harness serve`) answers on its debug route GET /harness/settings; Ollama has no
+        such route (404), so its settings are unknown to a client."""
+        try:
+            response = self._raw("GET", SETTINGS_PATH, f"GET {SETTINGS_PATH}")
+            body = response.json()
+        except (ServerError, ValueError):
+            return None
+        if not isinstance(body, dict):
+            return None
+        return {
+            key: body[key]
+            for key in ("num_parallel", "max_queue")
+            if isinstance(body.get(key), int) and not isinstance(body.get(key), bool)
+        }
 
     def version(self) -> str:
         """The server's version string (GET /api/version)."""

@@ -14,7 +14,10 @@ against a real server):
   began);
 - `canned_after` (int): chunks sent before a stall, cut, abort or error;
 - `canned_eval_count` (bool): whether the final chunk carries `eval_count`;
-- `canned_tokens_per_chunk` (int): `eval_count` = chunks x this (servers may send several tokens a chunk).
+- `canned_tokens_per_chunk` (int): `eval_count` = chunks x this (servers may send several tokens a chunk);
+- `canned_text` (str): answer with this text instead, one word (a "token") a chunk, honouring the request's
+  `num_predict` as a model does: past it the answer is cut off and `done_reason` is `length`
+  (`reasoning_answer` builds a long worked answer that ends in an `Answer:` line).
 
 Concurrency mimics Ollama's scheduler: `parallel` requests run at once, up to `max_queue` more wait, and
 anything past that gets **503** `server busy, please try again.  maximum pending requests exceeded`.
@@ -74,6 +77,7 @@ class CannedBehaviour:
     eval_count: bool = True
     tokens_per_chunk: int = 1
     stall_s: float = 3600.0
+    text: str = ""
 
     def with_options(self, options: dict[str, Any] | None) -> CannedBehaviour:
         """This behaviour with any `canned_<field>` options applied."""
@@ -121,32 +125,69 @@ def _timings(n_tokens: int, started: float) -> dict[str, int]:
     }
 
 
-def _chunk_lines(model: str, chat: bool, behaviour: CannedBehaviour) -> tuple[bytes, dict[str, Any]]:
-    """The repeated content line (bytes) and the base of the final line."""
+def reasoning_answer(tokens: int, answer: str) -> str:
+    """A worked answer of `tokens` words of reasoning, then `Answer: <answer>` on its own last line (for
+    `canned_text`: a model that answers correctly, but at length)."""
+    steps = [f"step {index} checks the product once more." for index in range(1, tokens)]
+    words = " ".join(steps).split()[: max(0, tokens - 2)]
+    return " ".join(words) + f"\nAnswer: {answer}"
+
+
+def _text_tokens(behaviour: CannedBehaviour) -> list[str]:
+    """`canned_text` split into tokens: each word with the whitespace before it."""
+    words = behaviour.text.replace("\n", " \n ").split(" ")
+    tokens: list[str] = []
+    for word in words:
+        if word == "":
+            continue
+        tokens.append(word if word == "\n" or not tokens or tokens[-1] == "\n" else f" {word}")
+    return tokens
+
+
+def _piece(base: dict[str, Any], chat: bool, text: str) -> bytes:
+    if chat:
+        return (
+            json.dumps({**base, "message": {"role": "assistant", "content": text}, "done": False}) + "\n"
+        ).encode()
+    return (json.dumps({**base, "response": text, "done": False}) + "\n").encode()
+
+
+def _pieces(
+    model: str, chat: bool, behaviour: CannedBehaviour, num_predict: int | None
+) -> tuple[list[bytes], dict[str, Any]]:
+    """The content lines (bytes) and the final line: `chunks` x "tok ", or `text` cut at `num_predict`."""
     created = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
     base: dict[str, Any] = {"model": model, "created_at": created}
-    if chat:
-        piece = {**base, "message": {"role": "assistant", "content": "tok "}, "done": False}
-        final = {**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}
+    reason = "stop"
+    if behaviour.text:
+        tokens = _text_tokens(behaviour)
+        if num_predict is not None and 0 <= num_predict < len(tokens):
+            tokens, reason = tokens[:num_predict], "length"
+        lines = [_piece(base, chat, token) for token in tokens]
     else:
-        piece = {**base, "response": "tok ", "done": False}
-        final = {**base, "response": "", "done": True, "done_reason": "stop"}
-    return (json.dumps(piece) + "\n").encode(), final
+        lines = [_piece(base, chat, "tok ")] * behaviour.chunks
+    if chat:
+        final = {**base, "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": reason}
+    else:
+        final = {**base, "response": "", "done": True, "done_reason": reason}
+    return lines, final
 
 
-async def _stream(model: str, chat: bool, behaviour: CannedBehaviour, state: _State) -> AsyncIterator[bytes]:
+async def _stream(
+    model: str, chat: bool, behaviour: CannedBehaviour, state: _State, num_predict: int | None = None
+) -> AsyncIterator[bytes]:
     started = time.perf_counter()
-    line, final = _chunk_lines(model, chat, behaviour)
+    lines, final = _pieces(model, chat, behaviour, num_predict)
     try:
         if state.slots is not None:
             await state.slots.acquire()
         try:
-            stop_at = behaviour.after if behaviour.mode != "normal" else behaviour.chunks
+            stop_at = min(behaviour.after, len(lines)) if behaviour.mode != "normal" else len(lines)
             for i in range(stop_at):
                 delay = behaviour.first_chunk_delay_s if i == 0 else behaviour.chunk_delay_s
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield line
+                yield lines[i]
             if behaviour.mode == "stall":
                 await asyncio.sleep(behaviour.stall_s)
                 return
@@ -157,10 +198,10 @@ async def _stream(model: str, chat: bool, behaviour: CannedBehaviour, state: _St
             if behaviour.mode == "error":
                 yield (json.dumps({"error": "canned server: error after streaming began"}) + "\n").encode()
                 return
-            if behaviour.chunks == 0 and behaviour.first_chunk_delay_s > 0:
+            if not lines and behaviour.first_chunk_delay_s > 0:
                 await asyncio.sleep(behaviour.first_chunk_delay_s)
             if behaviour.eval_count:
-                final = {**final, **_timings(behaviour.chunks * behaviour.tokens_per_chunk, started)}
+                final = {**final, **_timings(len(lines) * behaviour.tokens_per_chunk, started)}
             yield (json.dumps(final) + "\n").encode()
         finally:
             if state.slots is not None:
@@ -212,10 +253,13 @@ async def _completion(request: Request, chat: bool) -> Response:
         return JSONResponse({"error": BUSY_MESSAGE}, status_code=503)
     _load_runner(state, model, options)
     state.in_flight += 1
+    num_predict = options.get("num_predict")
+    budget = int(num_predict) if isinstance(num_predict, (int, float)) and num_predict >= 0 else None
+    stream = _stream(model, chat, behaviour, state, budget)
     if body.get("stream", True) is False:
-        parts = [json.loads(chunk) async for chunk in _stream(model, chat, behaviour, state)]
+        parts = [json.loads(chunk) async for chunk in stream]
         return JSONResponse(_merge_parts(parts, chat), status_code=500 if "error" in parts[-1] else 200)
-    return StreamingResponse(_stream(model, chat, behaviour, state), media_type="application/x-ndjson")
+    return StreamingResponse(stream, media_type="application/x-ndjson")
 
 
 def _merge_parts(parts: list[dict[str, Any]], chat: bool) -> dict[str, Any]:
@@ -258,6 +302,16 @@ async def _ps(request: Request) -> Response:
     return JSONResponse({"models": models})
 
 
+async def _show(request: Request) -> Response:
+    """Any model exists (so `--model NAME` works against the canned server)."""
+    return JSONResponse({"details": {"format": "gguf", "family": "canned"}, "model_info": {}})
+
+
+async def _tags(request: Request) -> Response:
+    """No model is listed by name; the names a client asks for are answered anyway."""
+    return JSONResponse({"models": []})
+
+
 async def _root(request: Request) -> Response:
     return PlainTextResponse("Ollama is running")
 
@@ -291,6 +345,8 @@ def create_app(
             Route("/api/generate", _generate, methods=["POST"]),
             Route("/api/chat", _chat, methods=["POST"]),
             Route("/api/ps", _ps),
+            Route("/api/show", _show, methods=["POST"]),
+            Route("/api/tags", _tags),
         ],
         lifespan=lifespan,
     )

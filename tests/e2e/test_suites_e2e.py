@@ -178,8 +178,34 @@ def test_a_named_host_that_does_not_answer_exits_2_without_traceback(tmp_path: P
     output = done.stdout + done.stderr
     assert f"no Ollama server answers at 127.0.0.1:{port}" in output
     assert "Traceback" not in output
-    run = only_run(tmp_path)
-    assert run.status == "incomplete" and "could not start" in (run.incomplete_reason or "")
+    assert_failed_to_start(tmp_path, "could not start")
+
+
+def assert_failed_to_start(reports: Path, reason: str) -> None:
+    """A session that could not start keeps a run folder marked failed-to-start, and `latest` never
+    points at it."""
+    (folder,) = [entry for entry in reports.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    assert not (reports / "latest").exists(), "latest must not point at a run that never started"
+    run = load_run(folder)
+    assert run.meta.get("failed_to_start") is True and run.status == "incomplete"
+    assert (run.incomplete_reason or "").startswith("failed-to-start: ") and reason in run.incomplete_reason
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_gguf_leaves_latest_where_it_was(tmp_path: Path) -> None:
+    """A session that fails to start (--gguf of a missing file) does not move `latest` off the last run."""
+    reports = tmp_path / "reports"
+    earlier = reports / "20200101-000000-aaaaaa"
+    earlier.mkdir(parents=True)
+    (reports / "latest").symlink_to(earlier.name)
+    done, _ = run_suites(reports, str(SUITES), "--embedded-engine", "--gguf", str(tmp_path / "missing.gguf"))
+    assert done.returncode == 2, explain(done)
+    assert "missing.gguf" in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
+    assert (reports / "latest").resolve() == earlier.resolve()
+    started = [entry for entry in reports.iterdir() if entry.is_dir() and entry.name != earlier.name]
+    assert [load_run(entry).meta.get("failed_to_start") for entry in started if not entry.is_symlink()] == [
+        True
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -199,6 +225,7 @@ def test_a_gguf_with_check_errors_stops_the_run_with_its_findings(tmp_path: Path
     assert done.returncode == 2, explain(done)
     output = done.stdout + done.stderr
     assert "llama.context_length" in output and "Traceback" not in output
+    assert_failed_to_start(tmp_path / "reports", "could not start")
 
 
 @pytest.mark.timeout(180)
@@ -230,6 +257,64 @@ def test_server_death_ends_the_run_at_once_and_keeps_it_incomplete(tmp_path: Pat
     run = only_run(tmp_path / "reports")
     assert run.status == "incomplete" and "stopped answering" in (run.incomplete_reason or "")
     assert [record["outcome"] for record in run.of_kind("test")] == ["failed"]
+
+
+@pytest.mark.timeout(180)
+def test_destructive_cases_run_last_and_a_server_they_kill_is_a_finding(tmp_path: Path) -> None:
+    """A `destructive` case written first runs after the others; the server it kills is named, with its
+    version and the file, as a finding in the report, and the cases after it as not run."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text((SUITES / "conftest.py").read_text())
+    (suite / "test_order.py").write_text(
+        textwrap.dedent(
+            """
+            import os, pathlib, signal, time
+            import pytest
+
+            @pytest.mark.destructive
+            @pytest.mark.parametrize("case", ["kills-it", "after-it"])
+            def test_broken_input(case, harness_session, ollama_client):
+                if case == "kills-it":
+                    os.kill(harness_session.server.pid, signal.SIGKILL)
+                    for _ in range(100):
+                        if harness_session.check_server() is not None:
+                            break
+                        time.sleep(0.1)
+                if harness_session.check_server() is not None:
+                    path = pathlib.Path("x.gguf")
+                    harness_session.record(harness_session.death_finding(case, "load", path))
+                assert harness_session.server_down is None
+
+            @pytest.mark.parametrize("suite", ["quality", "load", "memory"])
+            def test_other_suites(suite, ollama_client):
+                ollama_client.version()
+            """
+        )
+    )
+    done, _ = run_suites(tmp_path / "reports", str(suite), "--embedded-engine", cwd=suite)
+    assert done.returncode == 2, explain(done)
+    run = only_run(tmp_path / "reports")
+    order = [(record["nodeid"].split("::")[1], record["outcome"]) for record in run.of_kind("test")]
+    assert order == [
+        ("test_other_suites[quality]", "passed"),
+        ("test_other_suites[load]", "passed"),
+        ("test_other_suites[memory]", "passed"),
+        ("test_broken_input[kills-it]", "failed"),
+    ], order
+    findings = {record["finding"]: record for record in run.of_kind("finding")}
+    version = run.meta["server"]["version"]
+    assert (
+        findings["server-died"]["text"]
+        == f"the embedded engine {version} exited while loading kills-it (x.gguf)"
+    )
+    assert findings["not-run"]["tests"] == ["test_order.py::test_broken_input[after-it]"], findings
+    report = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", str(run.path), "--no-baseline"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "== Findings" in report.stdout and "exited while loading kills-it" in report.stdout, report.stdout
+    assert "1 test(s) not run" in report.stdout and report.returncode == 1
 
 
 @pytest.mark.timeout(120)
