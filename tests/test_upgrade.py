@@ -302,3 +302,13 @@ def test_an_open_loop_at_another_rate_is_noted_and_not_judged(tmp_path, capsys):
         ),
     )
     assert {row["metric"]: row["verdict"] for row in out["comparison"]}["load.open.ttft_p95"] == "REGRESSED"
+
+
+def test_prompts_that_flipped_across_servers_are_listed(tmp_path, capsys):
+    """Per prompt: the same item on the same model (by identity) graded otherwise on the new server."""
+    reports = tmp_path / "reports"
+    old = make_run(reports, name="a", server_digest="1", version="0.24.0", passed=(True, True, False, False))
+    new = make_run(reports, name="b", server_digest="2", version="0.33.0", passed=(True, False, True, False))
+    _, out, _ = report(capsys, str(new), "--baseline", str(old))
+    flips = {(row["item_id"], row["change"]) for row in out["flipped_prompts"]}
+    assert flips == {("item-1", "pass -> fail"), ("item-2", "fail -> pass")}

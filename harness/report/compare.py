@@ -317,9 +317,7 @@ class RunReport:
     comparison: list[MetricComparison] = field(default_factory=list)
     differences: list[RunDifference] = field(default_factory=list)  # what differs from the baseline's run
     exact: list[ExactOutput] = field(default_factory=list)  # exact-output controls against the baseline
-    flipped: list[FlippedPrompt] = field(
-        default_factory=list
-    )  # prompts graded otherwise than in the baseline
+    flipped: list[FlippedPrompt] = field(default_factory=list)  # graded otherwise than in the baseline
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
