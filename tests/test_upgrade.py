@@ -312,3 +312,8 @@ def test_prompts_that_flipped_across_servers_are_listed(tmp_path, capsys):
     _, out, _ = report(capsys, str(new), "--baseline", str(old))
     flips = {(row["item_id"], row["change"]) for row in out["flipped_prompts"]}
     assert flips == {("item-1", "pass -> fail"), ("item-2", "fail -> pass")}
+    assert out["prompts_compared"] == 4
+    main(["report", str(new), "--baseline", str(old)])
+    assert f"Prompts that changed grade against {old.name}: 2 of 4 asked in both" in capsys.readouterr().out
+    main(["report", str(old), "--baseline", str(old)])
+    assert "all 4 graded as in the baseline" in capsys.readouterr().out

@@ -32,7 +32,7 @@ from harness.report.metrics import (
     summarise_suites,
     worst_prompts,
 )
-from harness.report.prompts import FlippedPrompt, flipped_prompts
+from harness.report.prompts import FlippedPrompt, flipped_prompts, prompts_by_key
 from harness.report.stats import Direction, Judgement, Verdict, judge
 from harness.runs import RunRecord, hardware_key, list_runs, load_run
 from harness.units import noise_floor
@@ -318,6 +318,7 @@ class RunReport:
     differences: list[RunDifference] = field(default_factory=list)  # what differs from the baseline's run
     exact: list[ExactOutput] = field(default_factory=list)  # exact-output controls against the baseline
     flipped: list[FlippedPrompt] = field(default_factory=list)  # graded otherwise than in the baseline
+    prompts_compared: int = 0  # prompts asked in both runs (the flipped ones among them)
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -409,4 +410,5 @@ def build_report(
             collect_metrics(baseline), unjudged_timings(current, changes), config, overrides
         )
         report.flipped = flipped_prompts(run, baseline)
+        report.prompts_compared = len(prompts_by_key(run).keys() & prompts_by_key(baseline).keys())
     return report

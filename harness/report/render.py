@@ -366,8 +366,13 @@ def _flipped_section(report: RunReport) -> Section | None:
         ]
         for p in report.flipped
     ]
+    if not rows and report.prompts_compared:  # the per-prompt verdict: nothing flipped
+        rows = [["-", "-", "-", "none", "", "", f"all {report.prompts_compared} graded as in the baseline"]]
     headers = ["model", "suite", "item", "change", "baseline response", "current response", "reason now"]
-    return (f"Prompts that changed grade against {report.baseline.run_id}", headers, rows)
+    title = f"Prompts that changed grade against {report.baseline.run_id}"
+    if report.prompts_compared:
+        title += f": {len(report.flipped)} of {report.prompts_compared} asked in both"
+    return (title, headers, rows)
 
 
 # The report's tables in the order shown; each section returns None when the run has nothing for it.
@@ -519,6 +524,7 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
         "baseline_note": report.baseline_note,
         "baseline_match": report.baseline_match,
         "flipped_prompts": [{**asdict(prompt), "change": prompt.change} for prompt in report.flipped],
+        "prompts_compared": report.prompts_compared,
         "differences": [
             {"aspect": item.aspect, "baseline": item.baseline, "current": item.current}
             for item in report.differences
