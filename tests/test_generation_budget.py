@@ -159,3 +159,23 @@ def test_accuracy_change_is_judged_by_its_interval(before, after, verdict) -> No
         current_samples=cur,
     )
     assert judgement.verdict == verdict, judgement
+
+
+def test_suite_files_with_a_bad_budget_or_a_scored_fewshot_example_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "suite: bad\ndescription: d\ninstruction: i\nnum_predict: 0\nstop: [1]\n"
+        "fewshot:\n  - {prompt: What is 1 + 1?, answer: 2}\n  - {prompt: p}\n"
+        "items:\n  - {id: one, prompt: What is 1 + 1?, grader: numeric, answer: 2, check: '2',"
+        " tags: {topic: t, difficulty: easy}}\n"
+    )
+    with pytest.raises(Exception) as caught:
+        load_suite(path)
+    message = str(caught.value)
+    for problem in (
+        "'num_predict' must be an integer >= 1",
+        "'stop' must be a list",
+        "fewshot example #2: prompt and answer must be non-empty",
+        "fewshot example #1 is a scored item",
+    ):
+        assert problem in message, message
