@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.engine.prompt import collate, ollama_template, render_chat, render_generate
+from harness.engine.thinking import ThinkSetting
 from harness.modelfile.gotemplate import TemplateError
 
 # Ollama's template/llama3-instruct.gotmpl
@@ -331,7 +332,7 @@ def test_deepseek_matches_ollama_testdata() -> None:
 
 
 def test_deepseek_think_flag_reaches_the_template() -> None:
-    rendered = render_chat(DEEPSEEK, [USER1], system=None, think=False)
+    rendered = render_chat(DEEPSEEK, [USER1], system=None, think=ThinkSetting(False))
     assert rendered == "<｜User｜>Hello, how are you?<｜Assistant｜><think> </think>\n    "
 
 

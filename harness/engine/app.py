@@ -3,6 +3,7 @@ error texts. The route table that serves them is `routes.py`."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -43,6 +44,8 @@ from harness.engine.store import (
     Store,
 )
 from harness.engine.structured import FormatError, format_fields
+from harness.engine.thinking import ThinkingParser, ThinkSetting, thinking_events, thinking_tags
+from harness.engine.tools import ToolCallParser, tool_call_events, tool_call_tag, tools_of
 
 log = logging.getLogger("harness.engine")
 
@@ -50,6 +53,8 @@ OLLAMA_API_LEVEL = "0.33.0"
 # Semver with build metadata: compares equal to the Ollama API level it follows, and names this engine.
 ENGINE_VERSION = f"{OLLAMA_API_LEVEL}+harness.{__version__}"
 NDJSON = "application/x-ndjson"
+# A rewrite of a completion's stream of chunks (thinking and tool calls parsed out of the text).
+Reshape = Callable[[AsyncGenerator[dict[str, Any], None]], AsyncGenerator[dict[str, Any], None]]
 
 
 def _now() -> str:
@@ -146,14 +151,34 @@ def _logprobs(event: dict[str, Any], top: int) -> list[dict[str, Any]]:
     return converted
 
 
+def _rendered_only(body: dict[str, Any], empty: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """Ollama's answer to `_debug_render_only`: the rendered prompt, nothing generated."""
+    return {
+        "model": body["model"],
+        "created_at": _now(),
+        **empty,
+        "done": False,
+        "_debug_info": {"rendered_template": prompt},
+    }
+
+
 def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     final = dict(chunks[-1])
     if any("logprobs" in chunk for chunk in chunks):
         final["logprobs"] = [item for chunk in chunks for item in chunk.get("logprobs", [])]
     if "message" in final:
         final["message"] = {**final["message"], "content": "".join(c["message"]["content"] for c in chunks)}
+        calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
+        if calls:
+            final["message"]["tool_calls"] = calls
+        thinking = "".join(c["message"].get("thinking", "") for c in chunks)
+        if thinking:
+            final["message"] = {**final["message"], "thinking": thinking}
     else:
         final["response"] = "".join(c.get("response", "") for c in chunks)
+        thinking = "".join(c.get("thinking", "") for c in chunks)
+        if thinking:
+            final["thinking"] = thinking
     return final
 
 
@@ -185,10 +210,13 @@ class Engine:
             arch = info.header.value("general.architecture")
             pooling = info.header.value(f"{arch}.pooling_type") is not None
             try:
-                template_vars = ollama_template(self._layer_text(manifest, MEDIA_TEMPLATE)).vars()
+                template = ollama_template(self._layer_text(manifest, MEDIA_TEMPLATE))
+                template_vars, tags = template.vars(), thinking_tags(template)
             except ValueError:
-                template_vars = []
-            self._capability_cache[key] = model_capabilities(pooling=pooling, template_vars=template_vars)
+                template_vars, tags = [], ("", "")
+            self._capability_cache[key] = model_capabilities(
+                pooling=pooling, template_vars=template_vars, thinking=all(tags)
+            )
         return self._capability_cache[key]
 
     def _manifest(self, name: ModelName, raw_name: str) -> Manifest:
@@ -320,7 +348,8 @@ class Engine:
     async def handle_show(self, body: dict[str, Any]) -> Response:
         """/api/show for an already parsed request body (the OpenAI layer calls this too)."""
         raw_name = str(body.get("model") or body.get("name") or "")
-        manifest = self._manifest(_parse_name(raw_name), raw_name)
+        name = _parse_name(raw_name)
+        manifest = self._manifest(name, str(name))  # show names a missing model as `model:tag`, as Ollama
         config = self._config(manifest)
         model_layer = manifest.layer(MEDIA_MODEL)
         assert model_layer is not None
@@ -422,8 +451,9 @@ class Engine:
         manifest = self._manifest(name, raw_name)
         prompt = body.get("prompt") or ""
         loading_only = not prompt and not body.get("images")
+        think = ThinkSetting()
         if not (loading_only and self._keep_alive(body) == 0):
-            check_request("generate", raw_name, self._capabilities(manifest), body)
+            think = check_request("generate", raw_name, self._capabilities(manifest), body)
         if loading_only:
             return await self._load_or_unload(manifest, body, {"response": ""})
         if body.get("raw"):
@@ -438,11 +468,17 @@ class Engine:
                     model_system=self._layer_text(manifest, MEDIA_SYSTEM),
                     model_messages=[] if body.get("context") else self._stored_messages(manifest),
                     suffix=body.get("suffix") or None,
+                    think=think,
                 )
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
+        if body.get("_debug_render_only"):
+            return JSONResponse(_rendered_only(body, {"response": ""}, text))
         context = None if body.get("raw") else _context_tokens(body.get("context"))
-        return await self._run(manifest, body, text, lambda content: {"response": content}, context=context)
+        reshape = self._output_parsers(manifest, text, think, [], chat=False)
+        return await self._run(
+            manifest, body, text, lambda content: {"response": content}, context=context, reshape=reshape
+        )
 
     async def chat(self, request: Request) -> Response:
         return await self.handle_chat(await _body(request))
@@ -460,21 +496,48 @@ class Engine:
         def message(content: str) -> dict[str, Any]:
             return {"message": {"role": "assistant", "content": content}}
 
+        think = ThinkSetting()
         if messages or self._keep_alive(body) != 0:
-            check_request("chat", raw_name, self._capabilities(manifest), body)
+            think = check_request("chat", raw_name, self._capabilities(manifest), body)
         if not messages:
             return await self._load_or_unload(manifest, body, message(""))
 
+        tools = tools_of(body)
         try:
             text = render_chat(
                 self._layer_text(manifest, MEDIA_TEMPLATE),
                 messages,
                 system=self._layer_text(manifest, MEDIA_SYSTEM),
                 model_messages=self._stored_messages(manifest),
+                tools=tools,
+                think=think,
             )
         except ValueError as error:
             raise ApiError(500, f"template error: {error}") from None
-        return await self._run(manifest, body, text, message)
+        if body.get("_debug_render_only"):
+            return JSONResponse(_rendered_only(body, {"message": {"role": "", "content": ""}}, text))
+        reshape = self._output_parsers(manifest, text, think, tools, chat=True)
+        return await self._run(manifest, body, text, message, reshape=reshape)
+
+    def _output_parsers(
+        self, manifest: Manifest, prompt: str, think: ThinkSetting, tools: list[dict[str, Any]], *, chat: bool
+    ) -> Reshape | None:
+        """What parses the model's output, as Ollama's handlers do: thinking (when on and the model's
+        template has tags; a prompt ending in the opening tag starts inside it), then tool calls."""
+        template = ollama_template(self._layer_text(manifest, MEDIA_TEMPLATE))
+        steps: list[Reshape] = []
+        opening, closing = thinking_tags(template)
+        if think.value and opening and closing:
+            thinking = ThinkingParser(opening, closing)
+            if prompt.strip().endswith(opening):
+                thinking.add(opening)
+            steps.append(functools.partial(thinking_events, parser=thinking, chat=chat))
+        if tools:
+            parser = ToolCallParser(tool_call_tag(template), tools)
+            steps.append(functools.partial(tool_call_events, parser=parser))
+        if not steps:
+            return None
+        return functools.reduce(lambda inner, outer: lambda events: outer(inner(events)), steps)
 
     async def embed(self, request: Request) -> Response:
         return await self.handle_embed(await _body(request))
@@ -523,10 +586,11 @@ class Engine:
         wrap: Callable[[str], dict[str, Any]],
         *,
         context: list[int] | None = None,
+        reshape: Reshape | None = None,
     ) -> Response:
         """Stream one completion. `context` (generate, not raw) is the request's token context, detokenized
         in front of the prompt; the final chunk then carries the `context` of prompt and answer, as Ollama's
-        generate does (chat has neither)."""
+        generate does (chat has neither). `reshape` rewrites the stream of chunks (tool calls)."""
         started = time.monotonic_ns()
         options = self._options(manifest, body)
         try:
@@ -561,6 +625,8 @@ class Engine:
                             (time.monotonic_ns() - loaded) / 1e6,
                         )
                     if not event.get("stop"):
+                        if not event.get("content") and top_logprobs < 0:
+                            continue  # Ollama sends no chunk for a piece without text (the end token's)
                         chunk = {
                             "model": model_name,
                             "created_at": _now(),
@@ -598,7 +664,8 @@ class Engine:
                     model.broken = True
                 await self.scheduler.release(model)
 
-        return await _respond(events(), body.get("stream", True) is not False, _combine_generation)
+        chunks = events() if reshape is None else reshape(events())
+        return await _respond(chunks, body.get("stream", True) is not False, _combine_generation)
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()

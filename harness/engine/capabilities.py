@@ -2,17 +2,17 @@
 
 A model's capabilities (`/api/show` `capabilities`, Ollama's `Model.Capabilities`): `embedding` when its GGUF
 has a `<arch>.pooling_type` key, else `completion`; `tools` and `insert` when its template uses `.Tools` or
-`.Suffix`. Models of this engine never have `vision` or `thinking` (no projector, no thinking parser).
+`.Suffix`; `thinking` when its template has thinking tags (thinking.py). Models of this engine never have
+`vision` (no projector).
 
-Before a request is scheduled Ollama checks it against them (server/routes.go), in this order: a string
-`think` value (`think value "high" is not supported for this model`), `think: true` on a model without
-thinking (`"<model>" does not support thinking`), then the capabilities the request needs: `completion`
+Before a request is scheduled Ollama checks it against them (server/routes.go), in this order: the `think`
+value (`invalid think value: ...`; true or a level on a model without thinking: `"<model>" does not support
+thinking`), then the capabilities the request needs: `completion`
 (`"<model>" does not support generate` / `chat`), `insert` for a `suffix`, `tools` for `tools`
 (`<host>/<namespace>/<model>:<tag> does not support insert`). All are 400s.
 
-Two cases answer differently, both with a 400 that says why: images (this engine runs no vision projector)
-and `tools` on a model whose template uses `.Tools` (Ollama's `tools` capability, but this engine cannot
-parse tool calls out of the output).
+One case answers differently, with a 400 that says why: images (this engine runs no vision projector).
+Tools on a model with the `tools` capability are served as Ollama serves them (see tools.py).
 """
 
 from __future__ import annotations
@@ -23,26 +23,29 @@ from typing import Any
 
 from harness.engine.names import ModelName
 from harness.engine.routing import ApiError
+from harness.engine.thinking import ThinkSetting, think_setting
 
 
-def model_capabilities(*, pooling: bool, template_vars: Iterable[str]) -> list[str]:
-    """Ollama's capability list for a model: its GGUF has a pooling type or not; its template's variables."""
+def model_capabilities(*, pooling: bool, template_vars: Iterable[str], thinking: bool = False) -> list[str]:
+    """Ollama's capability list for a model: its GGUF has a pooling type or not; its template's variables;
+    whether its template has thinking tags (thinking.py)."""
     names = {name.lower() for name in template_vars}
     capabilities = ["embedding" if pooling else "completion"]
     if "tools" in names:
         capabilities.append("tools")
     if "suffix" in names:
         capabilities.append("insert")
+    if thinking:
+        capabilities.append("thinking")
     return capabilities
 
 
-def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: dict[str, Any]) -> None:
-    """Ollama's capability checks for a /api/generate or /api/chat body; raises ApiError(400)."""
-    think = body.get("think")
-    if isinstance(think, str) and think:
-        raise ApiError(400, f"think value {json.dumps(think)} is not supported for this model")
-    if think:
-        raise ApiError(400, f"{json.dumps(raw_name)} does not support thinking")
+def check_request(
+    endpoint: str, raw_name: str, capabilities: list[str], body: dict[str, Any]
+) -> ThinkSetting:
+    """Ollama's capability checks for a /api/generate or /api/chat body (ApiError 400); the request's
+    effective `think`."""
+    think = think_setting(raw_name, capabilities, body)
     if "completion" not in capabilities:
         raise ApiError(400, f"{json.dumps(raw_name)} does not support {endpoint}")
     needed = []
@@ -61,9 +64,4 @@ def check_request(endpoint: str, raw_name: str, capabilities: list[str], body: d
             "images are not supported by the embedded engine: it runs no vision projector (Ollama can, for "
             "a vision model); test image input against Ollama",
         )
-    if "tools" in needed:
-        raise ApiError(
-            400,
-            "tools are not supported by the embedded engine: it cannot parse tool calls out of a model's "
-            "output (Ollama can); test tool calling against Ollama",
-        )
+    return think

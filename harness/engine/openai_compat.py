@@ -9,7 +9,7 @@ Supported:
   parts, each part becoming a message of its own as in Ollama), stream, stream_options.include_usage,
   max_tokens (num_predict), temperature (default 1.0), top_p (default 1.0), seed, stop (a string or a list;
   non-strings in the list are skipped), frequency_penalty, presence_penalty, reasoning_effort /
-  reasoning.effort "none".
+  reasoning.effort (`think`: the level, or false for "none"; the thinking comes back as `reasoning`).
 - `POST /v1/completions`: model, prompt (a string), the same options (penalties default 0, a top_p of 0
   means 1.0, a non-string in a `stop` list is a 400), stream, stream_options.include_usage.
 - `POST /v1/embeddings`: model, input (a string, "" meaning [""], or a list of strings), dimensions,
@@ -27,21 +27,25 @@ carry a zero usage before it, as Ollama's do).
 Errors are `{"error": {"message", "type", "param": null, "code": null}}`. Faults of the OpenAI request itself
 (bad JSON, field types, in Go's wording; empty messages; bad content parts...) are 400
 `invalid_request_error`. Errors of the engine keep their status and text (404 `model 'x' not found`, 400,
-500 for a model that fails to load, 503) with type `api_error`, the type Ollama gives every forwarded error.
+500 for a model that fails to load, 503) with Ollama's type for the status (`openai.NewError`: 400
+`invalid_request_error`, 404 `not_found_error`, others `api_error`).
 
 Not supported, and said so, never silently wrong:
-- tools: 400 `<full model name> does not support tools`, Ollama's answer for a model without the tools
-  capability (a model whose template has it gets a 400 saying this engine cannot parse tool calls).
-  tool_calls in messages: 400 naming the field.
-- reasoning effort "low", "medium" or "high": 400 `"<model>" does not support thinking`, Ollama's answer
-  for a model without thinking; other values get Ollama's `invalid reasoning value` 400.
+- tools, as /api/chat serves them (tools.py), for a model with the `tools` capability (else 400 `<full model
+  name> does not support tools`, as Ollama); `tool_calls` in the answer (arguments as a JSON string,
+  finish_reason `tool_calls`; streamed in a delta of their own), assistant `tool_calls` and `tool` messages
+  (named after their call) in the history; `tool_choice` is ignored, as Ollama ignores it.
+- reasoning effort "low", "medium" or "high" on a model without thinking: 400 `"<model>" does not support
+  thinking`, Ollama's answer; other values get Ollama's `invalid reasoning value` 400.
 - suffix (completions): 400 `<full model name> does not support insert`, Ollama's answer for such a model.
 - image_url content parts (checked as Ollama checks them first), logprobs on /v1/completions (chat has
-  them), _debug_render_only: Ollama supports them; a 400 names the field.
+  them): Ollama supports them; a 400 names the field.
+- `_debug_render_only` as in Ollama: chat answers the rendered prompt in `_debug_info` (usage 0,
+  finish_reason null), completions an empty completion.
 - response_format json_object / json_schema become `format`, as in Ollama (see structured.py); tools and
   suffix go to the engine's capability checks (capabilities.py), which answer as Ollama does.
 - Ignored, as Ollama ignores them: n, user, logit_bias, tool_choice, max_completion_tokens, echo, best_of,
-  and a message's `name` and `reasoning`.
+  and the `name` of a message that is not a tool result. A message's `reasoning` becomes its thinking.
 
 Differences from Ollama: a body that is not JSON gets Python's decoder text, not Go's (same status and type).
 And, deliberately, an error after a stream has begun. Ollama's middleware decodes the in-band
@@ -81,6 +85,7 @@ from harness.engine.godecode import (
 )
 from harness.engine.names import InvalidNameError, ModelName
 from harness.engine.routing import ApiError, gin_route
+from harness.modelfile.gotemplate import go_json
 
 if TYPE_CHECKING:
     from harness.engine.service import OllamaHandlers
@@ -106,9 +111,13 @@ def error_response(status: int, message: str, error_type: str) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+
+
 def forwarded_error(status: int, message: str) -> JSONResponse:
-    """An engine error as Ollama's middleware forwards it: the engine's status and text, type `api_error`."""
-    return error_response(status, message, "api_error")
+    """An engine error as Ollama's middleware forwards it (`openai.NewError`): the engine's status and text,
+    type `invalid_request_error` for a 400, `not_found_error` for a 404, else `api_error`."""
+    return error_response(status, message, ERROR_TYPES.get(status, "api_error"))
 
 
 # --- the request structs Ollama decodes (harness.engine.godecode checks them) -------------------------
@@ -223,19 +232,59 @@ def _check_image_part(part: Mapping[str, Any]) -> None:
     raise _unsupported("image_url content")
 
 
-def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own."""
+def ollama_tool_calls(calls: list[Any]) -> list[dict[str, Any]]:
+    """Ollama tool calls for OpenAI ones (`FromCompletionToolCall`): the arguments string decoded."""
     converted = []
+    for call in calls:
+        call = call if isinstance(call, dict) else {}
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        try:
+            arguments = json.loads(function.get("arguments") or "")
+        except (TypeError, ValueError):
+            raise OpenAIRequestError("invalid tool call arguments") from None
+        if not isinstance(arguments, dict):
+            raise OpenAIRequestError("invalid tool call arguments")
+        entry = {"function": {"name": str(function.get("name") or ""), "arguments": arguments}}
+        converted.append({"id": str(call["id"]), **entry} if call.get("id") else entry)
+    return converted
+
+
+def _tool_name(messages: list[dict[str, Any]], message: Mapping[str, Any]) -> str:
+    """A tool message's tool name: its `name`, else the name of the call its `tool_call_id` answers (the
+    last such call)."""
+    if str(message.get("role") or "").lower() != "tool":
+        return ""
+    if message.get("name") or not message.get("tool_call_id"):
+        return str(message.get("name") or "")
+    for earlier in reversed(messages):
+        for call in earlier.get("tool_calls") or []:
+            if isinstance(call, dict) and call.get("id") == message["tool_call_id"]:
+                return str((call.get("function") or {}).get("name") or "")
+    return ""
+
+
+def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama chat messages for OpenAI ones (`FromChatRequest`): each text part is a message of its own;
+    tool calls, tool results (named after their call) and `reasoning` (as thinking) carried over."""
+    converted: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role") or ""
         content = message.get("content")
-        if message.get("tool_calls"):
-            raise _unsupported("tool_calls in messages")
+        extra = {
+            "thinking": message.get("reasoning") or "",
+            "tool_calls": ollama_tool_calls(message.get("tool_calls") or []),
+            "tool_name": _tool_name(messages, message),
+            "tool_call_id": message.get("tool_call_id") or "",
+        }
         if isinstance(content, str):
-            converted.append({"role": role, "content": content})
+            converted.append({"role": role, "content": content, **extra})
             continue
         if not isinstance(content, list):
-            raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
+            if message.get("tool_calls") is None:  # content is optional only with tool calls
+                raise OpenAIRequestError(f"invalid message content type: {go_dynamic_type(content)}")
+            converted.append({"role": role, "content": "", **extra, "tool_name": ""})
+            continue
         for part in content:
             if not isinstance(part, dict):
                 raise OpenAIRequestError("invalid message format")
@@ -244,6 +293,8 @@ def ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise OpenAIRequestError("invalid message format")
             converted.append({"role": role, "content": part["text"]})
+        if converted and message.get("tool_calls"):
+            converted[-1].update(extra)
     return converted
 
 
@@ -305,8 +356,6 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         output_format = "json"
     elif format_type == "json_schema" and response_format.get("json_schema"):
         output_format = (response_format["json_schema"] or {}).get("schema")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
     body = {
         "model": data.get("model") or "",
         "messages": converted,
@@ -314,13 +363,15 @@ def chat_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
         "stream": bool(data.get("stream")),
     }
     if effort:
-        body["think"] = effort != "none"
+        body["think"] = False if effort == "none" else effort  # as FromChatRequest: a level, or off
     if output_format is not None:
         body["format"] = output_format
     if data.get("tools"):
-        body["tools"] = data["tools"]  # the engine's capability check answers it, as Ollama's does
+        body["tools"] = data["tools"]
     if data.get("logprobs"):
         body["logprobs"] = True
+    if data.get("_debug_render_only"):
+        body["_debug_render_only"] = True
     if data.get("top_logprobs") is not None:
         body["top_logprobs"] = data["top_logprobs"]
     return body
@@ -336,14 +387,14 @@ def completion_request_to_ollama(data: Mapping[str, Any]) -> dict[str, Any]:
     options["top_p"] = data.get("top_p") or 1.0
     if (data.get("logprobs") or 0) > 0:
         raise _unsupported("logprobs")
-    if data.get("_debug_render_only"):
-        raise _unsupported("_debug_render_only")
     body = {
         "model": data.get("model") or "",
         "prompt": data.get("prompt") or "",
         "options": options,
         "stream": bool(data.get("stream")),
     }
+    if data.get("_debug_render_only"):
+        body["_debug_render_only"] = True
     if data.get("suffix"):
         body["suffix"] = data["suffix"]  # the engine's capability check answers it, as Ollama's does
     return body
@@ -386,9 +437,37 @@ def usage(event: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI tool calls for Ollama ones (`ToToolCalls`): arguments as a JSON string."""
+    return [
+        {
+            "id": call.get("id", ""),
+            "index": (call.get("function") or {}).get("index", 0),
+            "type": "function",
+            "function": {
+                "name": (call.get("function") or {}).get("name", ""),
+                "arguments": go_json((call.get("function") or {}).get("arguments") or {}),
+            },
+        }
+        for call in calls
+    ]
+
+
+def _openai_message(role: str, message: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI message (or delta) for an Ollama one: content, reasoning and tool_calls when there are."""
+    answer: dict[str, Any] = {"role": role, "content": message.get("content", "")}
+    if message.get("thinking"):
+        answer["reasoning"] = message["thinking"]
+    if message.get("tool_calls"):
+        answer["tool_calls"] = openai_tool_calls(message["tool_calls"])
+    return answer
+
+
 def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, Any]:
-    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`)."""
+    """A `chat.completion` for a whole /api/chat answer (`ToChatCompletion`); finish_reason `tool_calls`
+    when the model called tools."""
     message = answer.get("message") or {}
+    finish_reason = "tool_calls" if message.get("tool_calls") else answer.get("done_reason") or None
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -398,12 +477,13 @@ def chat_completion(completion_id: str, answer: Mapping[str, Any]) -> dict[str, 
         "choices": [
             {
                 "index": 0,
-                "message": {"role": message.get("role", ""), "content": message.get("content", "")},
-                "finish_reason": answer.get("done_reason") or None,
+                "message": _openai_message(message.get("role", ""), message),
+                "finish_reason": finish_reason,
                 **_choice_logprobs(answer),
             }
         ],
         "usage": usage(answer),
+        **({"_debug_info": answer["_debug_info"]} if "_debug_info" in answer else {}),
     }
 
 
@@ -423,7 +503,7 @@ def chat_chunk(completion_id: str, event: Mapping[str, Any], include_usage: bool
         "choices": [
             {
                 "index": 0,
-                "delta": {"role": "assistant", "content": (event.get("message") or {}).get("content", "")},
+                "delta": _openai_message("assistant", event.get("message") or {}),
                 "finish_reason": event.get("done_reason") or None,
                 **_choice_logprobs(event),
             }
@@ -536,6 +616,7 @@ async def sse_stream(
     per event; after the final one the usage chunk (with include_usage) and `[DONE]`. An in-band engine error
     ends the stream with OpenAI's error object and no `[DONE]`."""
     events = ollama_events(answer)
+    tool_call_sent, first_chunk = False, True
     try:
         async for event in events:
             if "error" in event:
@@ -551,6 +632,20 @@ async def sse_stream(
                 )
                 return
             chunk = make_chunk(completion_id, event, include_usage)
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta")
+                if delta is None:
+                    continue
+                # ChatWriter: once a tool call has been sent, the finish reason is tool_calls; the role
+                # comes in the first delta only, and a later delta with nothing in it is empty
+                tool_call_sent = tool_call_sent or bool(delta.get("tool_calls"))
+                if tool_call_sent and choice.get("finish_reason"):
+                    choice["finish_reason"] = "tool_calls"
+                if not first_chunk:
+                    delta.pop("role", None)
+                    if delta.get("content") == "" and len(delta) == 1:
+                        del delta["content"]
+            first_chunk = False
             yield server_sent_event(chunk)
             if event.get("done"):
                 if include_usage:
@@ -590,9 +685,11 @@ def _namespace(raw_name: str) -> str:
 # --- handlers -------------------------------------------------------------------------------------------
 
 
-def _openai_errors(
+def openai_errors(
     method: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with OpenAI's error objects for request faults and engine errors."""
+
     async def endpoint(request: Request) -> Response:
         try:
             return await method(request)
@@ -684,12 +781,12 @@ class OpenAICompat:
 
 
 def openai_routes(engine: OllamaHandlers) -> list[Route]:
-    """The /v1 routes Ollama serves for OpenAI clients (responses are not served)."""
+    """The /v1 routes Ollama serves for OpenAI clients (/v1/responses: openai_responses.py)."""
     compat = OpenAICompat(engine)
     return [
-        gin_route("/v1/chat/completions", _openai_errors(compat.chat_completions), ["POST"]),
-        gin_route("/v1/completions", _openai_errors(compat.completions), ["POST"]),
-        gin_route("/v1/embeddings", _openai_errors(compat.embeddings), ["POST"]),
-        gin_route("/v1/models", _openai_errors(compat.list_models), ["GET"]),
-        gin_route("/v1/models/{model}", _openai_errors(compat.retrieve_model), ["GET"]),
+        gin_route("/v1/chat/completions", openai_errors(compat.chat_completions), ["POST"]),
+        gin_route("/v1/completions", openai_errors(compat.completions), ["POST"]),
+        gin_route("/v1/embeddings", openai_errors(compat.embeddings), ["POST"]),
+        gin_route("/v1/models", openai_errors(compat.list_models), ["GET"]),
+        gin_route("/v1/models/{model}", openai_errors(compat.retrieve_model), ["GET"]),
     ]

@@ -7,7 +7,8 @@ Follows Ollama's `template/template.go` (`Parse`, `Execute`, `collate`) and the 
   `{{ .Response }}` appended;
 * messages are collated: consecutive messages of one role (except `tool`) are merged with a blank line,
   and every system message's content is joined into `.System`;
-* a template that uses `.Messages` is rendered once with `System`, `Messages`, `Tools`, `Response` = "";
+* a template that uses `.Messages` is rendered once with `System`, `Messages`, `Tools`, `Response` = ""
+  (tools and tool calls as Go values, see tools.py);
   otherwise each completed user/assistant turn is rendered with `.System`/`.Prompt`/`.Response`, and the
   last turn with the template cut after `{{ .Response }}`, the pieces concatenated;
 * generate: the request's system (else the Modelfile SYSTEM), then the Modelfile MESSAGEs, then the prompt
@@ -22,13 +23,15 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.engine.thinking import ThinkSetting
+from harness.engine.tools import go_tool_call, go_tools
 from harness.modelfile.gotemplate import GoStruct, GoTemplate, parse_template
 
 __all__ = ["DEFAULT_TEMPLATE", "collate", "ollama_template", "render_chat", "render_generate"]
 
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
 
-# Go field name -> JSON name of Ollama's api.Message (all but role/content are omitempty).
+# Go field name -> JSON name of Ollama's api.Message.
 _MESSAGE_FIELDS = {
     "Role": "role",
     "Content": "content",
@@ -69,10 +72,11 @@ def _message(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _as_struct(message: dict[str, Any]) -> GoStruct:
+    """A message as the template sees it. Its `json` is that of a struct without JSON tags, as Ollama 0.33
+    marshals it: every field under its Go name, empty lists as null."""
     fields = {go: message[js] for go, js in _MESSAGE_FIELDS.items()}
-    json_value = {
-        js: message[js] for js in _MESSAGE_FIELDS.values() if js in ("role", "content") or message[js]
-    }
+    fields["ToolCalls"] = [go_tool_call(call) for call in message["tool_calls"]]
+    json_value = {go: value if value != [] else None for go, value in fields.items()}
     return GoStruct("*api.Message", fields, json_value)
 
 
@@ -92,8 +96,8 @@ def collate(messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, 
     return "\n\n".join(system), collated
 
 
-def _flags(think: bool | None) -> dict[str, Any]:
-    return {"Think": bool(think), "ThinkLevel": "", "IsThinkSet": think is not None}
+def _flags(think: ThinkSetting | None) -> dict[str, Any]:
+    return (think or ThinkSetting()).template_flags
 
 
 def _execute(
@@ -102,7 +106,8 @@ def _execute(
     *,
     prompt: str = "",
     suffix: str = "",
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Ollama's `Template.Execute`."""
     if prompt and suffix:
@@ -114,7 +119,7 @@ def _execute(
             {
                 "System": system,
                 "Messages": [_as_struct(m) for m in collated],
-                "Tools": [],
+                "Tools": go_tools(tools),
                 "Response": "",
                 "Query": "",
                 "Document": "",
@@ -153,7 +158,7 @@ def render_generate(
     model_system: str | None = None,
     model_messages: Sequence[Mapping[str, Any]] = (),
     suffix: str | None = None,
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
 ) -> str:
     """The prompt Ollama's /api/generate builds (not raw mode).
 
@@ -178,15 +183,17 @@ def render_chat(
     *,
     system: str | None,
     model_messages: Sequence[Mapping[str, Any]] = (),
-    think: bool | None = None,
+    think: ThinkSetting | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The prompt Ollama's /api/chat builds from `messages` (dicts with role, content...).
+    """The prompt Ollama's /api/chat builds from `messages` (dicts with role, content, tool_calls...).
 
     `system` is the Modelfile SYSTEM: put first unless the request's first message is a system message.
-    `model_messages` are the Modelfile MESSAGEs, placed before the request's messages.
+    `model_messages` are the Modelfile MESSAGEs, placed before the request's messages. `tools` are the
+    request's tools (the template's `.Tools`).
     """
     parsed = ollama_template(template)
     combined: list[Mapping[str, Any]] = [*model_messages, *messages]
     if messages and messages[0].get("role") != "system" and system:
         combined.insert(0, {"role": "system", "content": system})
-    return _execute(parsed, combined, think=think)
+    return _execute(parsed, combined, think=think, tools=tools)

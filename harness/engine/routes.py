@@ -16,6 +16,7 @@ from harness.engine.access import AccessMiddleware, allowed_origins
 from harness.engine.app import ENGINE_VERSION, Engine, log
 from harness.engine.config import EngineConfig
 from harness.engine.openai_compat import openai_routes
+from harness.engine.openai_responses import responses_routes
 from harness.engine.routing import (
     ApiError,
     TrailingSlashRedirect,
@@ -80,6 +81,7 @@ def build_app(config: EngineConfig) -> Starlette:
         gin_route("/harness/settings", _handler(engine.settings), ["GET"]),
         *(gin_route(path, _no_registry, ["POST"]) for path in NO_REGISTRY),
         *openai_routes(engine),
+        *responses_routes(engine),
     ]
     app = Starlette(
         routes=routes,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["GoStruct", "GoTemplate", "TemplateError", "parse_template"]
+__all__ = ["GoList", "GoStruct", "GoTemplate", "TemplateError", "go_json", "parse_template"]
 
 _SPACE = " \t\r\n"
 _KEYWORDS = {"if", "else", "end", "range", "with", "break", "continue", "template", "define", "block"}
@@ -56,12 +56,23 @@ class TemplateError(ValueError):
 class GoStruct:
     """A Go struct value: a fixed set of fields; reading any other field is an error, as in Go.
 
-    `json_value` is what Ollama's `json` function would marshal it to (defaults to the fields).
+    `json_value` is what Ollama's `json` function would marshal it to (defaults to the fields); `text`, when
+    set, is what its Go `String()` method returns, which printing shows instead of the fields.
     """
 
     type_name: str
     fields: Mapping[str, Any]
     json_value: Any = None
+    text: str | None = None
+
+
+class GoList(list):
+    """A Go slice type with a `String()` method (Ollama's `api.Tools`): printing shows `text`; otherwise a
+    list."""
+
+    def __init__(self, items: Sequence[Any], text: str) -> None:
+        super().__init__(items)
+        self.text = text
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -638,7 +649,11 @@ def go_string(value: Any, *, top: bool = True) -> str:
         return _format_float(value)
     if isinstance(value, str):
         return value
+    if isinstance(value, GoList):
+        return value.text
     if isinstance(value, GoStruct):
+        if value.text is not None:
+            return value.text
         return "{" + " ".join(go_string(v, top=False) for v in value.fields.values()) + "}"
     if isinstance(value, Mapping):
         items = " ".join(f"{go_string(k, top=False)}:{go_string(value[k], top=False)}" for k in sorted(value))
@@ -658,11 +673,11 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _go_json(value: Any) -> str:
-    """Ollama's template function `json`: Go's json.Marshal (compact, HTML-safe escapes)."""
-    text = json.dumps(
-        _json_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=isinstance(value, Mapping)
-    )
+def go_json(value: Any, *, sort_keys: bool | None = None) -> str:
+    """Ollama's template function `json`: Go's json.Marshal (compact, HTML-safe escapes). Keys are sorted
+    for a map (a Mapping), kept in order for a struct, unless `sort_keys` says otherwise."""
+    sort = isinstance(value, Mapping) if sort_keys is None else sort_keys
+    text = json.dumps(_json_ready(value), ensure_ascii=False, separators=(",", ":"), sort_keys=sort)
     for char, escape in (
         ("<", "\\u003c"),
         (">", "\\u003e"),
@@ -809,7 +824,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "print": _print,
     "println": _println,
     "printf": _printf,
-    "json": _go_json,
+    "json": go_json,
 }
 
 
@@ -991,6 +1006,89 @@ class _Executor:
 # ---------------------------------------------------------------------------------------------- template
 
 
+def _if_on_field(nodes: Sequence[Any], name: str) -> _Branch | None:
+    """The first `{{ if }}` whose pipeline has the field `name` as an argument, searched as Ollama's
+    `tools.findToolCallNode` searches (into if, range and with bodies and their else parts)."""
+    for node in nodes:
+        if not isinstance(node, _Branch):
+            continue
+        if node.kind == "if" and any(
+            isinstance(arg, _Field) and name in arg.idents for cmd in node.pipe.cmds for arg in cmd.args
+        ):
+            return node
+        for body in (node.body, node.else_body or ()):
+            found = _if_on_field(body, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _first_text(nodes: Sequence[Any]) -> str | None:
+    """The first text that is not blank, stopping at the first action or branch (Ollama's
+    `tools.findTextNode`)."""
+    for node in nodes:
+        if isinstance(node, _Text) and node.text.strip():
+            return node.text
+        if isinstance(node, _Action):
+            return None
+        if isinstance(node, _Branch):
+            found = _first_text(node.body)
+            if found is None and node.else_body is not None:
+                found = _first_text(node.else_body)
+            return found
+    return None
+
+
+def _texts_around(nodes: tuple[Any, ...], field_name: str, range_field: str) -> tuple[str, str]:
+    """Ollama's `thinking.InferTags` walk: for each use of `.<field_name>` inside a `{{ range }}` over
+    `.<range_field>`, the trimmed first and last texts of the nearest enclosing list (the last use wins)."""
+    found = ["", ""]
+    ancestors: list[Any] = []
+
+    def uses(pipe: _Pipeline, name: str) -> bool:
+        stack: list[Any] = [pipe]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, _Field) and node.idents[0] == name:
+                return True
+            if isinstance(node, _Pipeline):
+                stack.extend(node.cmds)
+            elif isinstance(node, _Command):
+                stack.extend(node.args)
+        return False
+
+    def visit(node: Any) -> None:
+        ancestors.append(node)
+        if isinstance(node, _Field) and node.idents[0] == field_name:
+            loop = next(
+                (a for a in reversed(ancestors) if isinstance(a, _Branch) and a.kind == "range"), None
+            )
+            if loop is not None and uses(loop.pipe, range_field):
+                nearest = next((a for a in reversed(ancestors) if isinstance(a, tuple) and a), None)
+                if nearest is not None:
+                    if isinstance(nearest[0], _Text):
+                        found[0] = nearest[0].text.strip()
+                    if isinstance(nearest[-1], _Text):
+                        found[1] = nearest[-1].text.strip()
+        children: list[Any] = []
+        if isinstance(node, tuple):
+            children = list(node)
+        elif isinstance(node, _Branch):
+            children = [node.pipe, node.body] + ([node.else_body] if node.else_body is not None else [])
+        elif isinstance(node, _Action):
+            children = [node.pipe]
+        elif isinstance(node, _Pipeline):
+            children = list(node.cmds)
+        elif isinstance(node, _Command):
+            children = list(node.args)
+        for child in children:
+            visit(child)
+        ancestors.pop()
+
+    visit(nodes)
+    return found[0], found[1]
+
+
 def _identifiers(node: Any) -> Iterator[str]:
     """Field and variable names a node uses, walked the way Ollama's template.Identifiers walks them."""
     if isinstance(node, (list, tuple)):
@@ -1083,6 +1181,17 @@ class GoTemplate:
     def vars(self) -> list[str]:
         """Sorted, lower-cased field and variable names used (Ollama's `Template.Vars`)."""
         return sorted({name.lower() for name in _identifiers(self.nodes)})
+
+    def text_opening_if(self, field_name: str) -> str | None:
+        """The first non-blank text inside the first `{{ if }}` on the field `field_name` (before any
+        action in it), or None: how Ollama finds a template's tool-call tag after `.ToolCalls`."""
+        branch = _if_on_field(self.nodes, field_name)
+        return None if branch is None else _first_text(branch.body)
+
+    def texts_around(self, field_name: str, range_field: str) -> tuple[str, str]:
+        """The texts that open and close uses of `.<field_name>` in a range over `.<range_field>` ("" when
+        there are none): how Ollama infers a template's thinking tags (`.Thinking` in `.Messages`)."""
+        return _texts_around(self.nodes, field_name, range_field)
 
     def with_response_appended(self) -> GoTemplate:
         """The template followed by `{{ .Response }}` (what Ollama's Parse does when neither

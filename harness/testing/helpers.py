@@ -21,11 +21,13 @@ import yaml
 from gguf import GGUFValueType
 
 from harness.engine import EmbeddedEngine
+from harness.engine.process import free_port
 from harness.errors import GGUFReadError
 from harness.gguf.build import build_cached, build_gguf, write_gguf
 from harness.gguf.plan import KV, GGUFPlan, plan_gguf
 from harness.gguf.reader import read_gguf_header
 from harness.gguf.spec import ModelSpec, load_profile
+from harness.subprocess_server import SubprocessServer
 
 # ------------------------------------------------------------------------------------ child processes
 
@@ -160,6 +162,46 @@ def stand_in_engine(models_dir: Path, model_names: list[str]) -> Iterator[Embedd
         for name in model_names:
             client.create(model=name, files={"model.gguf": digest})
         yield engine
+
+
+class RealOllama(SubprocessServer):
+    """`with RealOllama(binary, home) as server:` a real `ollama serve` on a free loopback port, in its own
+    HOME and models folder under `home`, with cloud features off (how tests compare the engine with real
+    Ollama; its log is `home/serve.log`). The binary must lie where Ollama installed it (it finds its runner
+    in `../lib/ollama`)."""
+
+    name = "real Ollama server"
+
+    def __init__(self, binary: Path, home: Path, *, start_timeout_s: float = 60.0) -> None:
+        super().__init__(start_timeout_s=start_timeout_s)
+        self.binary = binary
+        self.home = home
+        self.log_path = home / "serve.log"
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        self.port = free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {
+            **clean_environ(),
+            "HOME": str(self.home),
+            "OLLAMA_NO_CLOUD": "1",
+            "OLLAMA_HOST": self.host,
+            "OLLAMA_MODELS": str(self.home / "models"),
+        }
+        with self.log_path.open("ab") as log_file:
+            return subprocess.Popen(
+                [str(self.binary), "serve"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+
+    def _is_ready(self, response: httpx.Response) -> bool:
+        return response.text == "Ollama is running"
+
+    def _hint(self) -> str:
+        return f"see its log: {self.log_path}"
 
 
 # ------------------------------------------------------------------------------------ GGUF fixtures

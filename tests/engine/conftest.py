@@ -26,6 +26,12 @@ def oracle_gguf() -> BuiltModel:
 
 
 @pytest.fixture(scope="session")
+def oracle_2k_gguf() -> BuiltModel:
+    """The oracle with room for a tool list in its context."""
+    return build_cached(load_profile("oracle").replace(context_length=2048))
+
+
+@pytest.fixture(scope="session")
 def no_context_length_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model without `llama.context_length`: llama.cpp refuses to load it."""
     plan = plan_gguf(load_profile("tiny").replace(seed=7))

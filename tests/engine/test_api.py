@@ -195,7 +195,7 @@ def test_copy_and_delete_errors(engine: EmbeddedEngine) -> None:
 def test_show_missing_model_is_404(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         client.show("nope")
-    assert caught.value.status_code == 404 and caught.value.error == "model 'nope' not found"
+    assert caught.value.status_code == 404 and caught.value.error == "model 'nope:latest' not found"
 
 
 # --- generate --------------------------------------------------------------------------------------------
