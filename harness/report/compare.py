@@ -134,6 +134,10 @@ class RunDifference:
     current: str
 
 
+def _hostname(run: RunRecord) -> str | None:
+    return (run.meta.get("machine") or {}).get("hostname")
+
+
 def _hardware(run: RunRecord) -> str:
     machine = run.meta.get("machine") or {}
     gpu = machine.get("gpu") or "none"
@@ -141,13 +145,14 @@ def _hardware(run: RunRecord) -> str:
 
 
 def run_differences(baseline: RunRecord, run: RunRecord) -> list[RunDifference]:
-    """What differs between the two runs' servers and machines: server version, engine kind, host,
-    hardware; the report's header shows it so that a reader knows what the comparison measures."""
+    """What differs between the two runs' servers and machines: server version, engine kind, server host,
+    machine name, hardware; the report shows it so that a reader knows what the comparison measures."""
     server, base_server = run.meta.get("server") or {}, baseline.meta.get("server") or {}
     aspects = [
         ("server version", server_version(baseline), server_version(run)),
         ("engine kind", base_server.get("engine_kind"), server.get("engine_kind")),
         ("server host", base_server.get("host"), server.get("host")),
+        ("machine name", _hostname(baseline), _hostname(run)),
     ]
     if baseline.fingerprint != run.fingerprint:
         aspects.append(("hardware", _hardware(baseline), _hardware(run)))

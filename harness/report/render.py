@@ -327,7 +327,7 @@ def _differences_section(report: RunReport) -> Section | None:
     if report.baseline is None:
         return None
     rows = [[item.aspect, item.baseline, item.current] for item in report.differences] or [
-        ["nothing", "same server version, engine kind, host and hardware", ""]
+        ["nothing", "same server version, engine kind, server host, machine and hardware", ""]
     ]
     return (f"Baseline {report.baseline.run_id} differs in", ["differs", "baseline", "current"], rows)
 
