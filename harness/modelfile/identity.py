@@ -65,7 +65,12 @@ def identity_digest(identity: Mapping[str, Any]) -> str:
 
 def identity_from_shown(modelfile: str | None) -> dict[str, Any]:
     """The identity of a model already on a server (`--model`), from the Modelfile `/api/show` gives: its
-    FROM names the GGUF blob (`.../blobs/sha256-<hex>`), and it has the parameters and template."""
+    FROM names the GGUF blob (`.../blobs/sha256-<hex>`), and it has the parameters and template.
+
+    A pulled model has the registry's blob on every server. A model created from a local file need not:
+    Ollama 0.33 writes the imported GGUF anew at create (its quantize step, even without a type), so the
+    blob differs from 0.24's for the same file; such models are matched by `--gguf`, which hashes the file.
+    """
     gguf_sha256 = None
     if modelfile:
         try:
