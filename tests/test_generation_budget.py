@@ -150,13 +150,9 @@ def scores(right: int, n: int) -> Samples:
 def test_accuracy_change_is_judged_by_its_interval(before, after, verdict) -> None:
     """On 56 items a 5-point drop is noise; a 36-point drop is a regression."""
     base, cur = scores(*before), scores(*after)
+    threshold = parse_threshold("-5pt")
     judgement = judge(
-        base.value(),
-        cur.value(),
-        "higher",
-        parse_threshold("-5pt"),
-        baseline_samples=base,
-        current_samples=cur,
+        base.value(), cur.value(), "higher", threshold, baseline_samples=base, current_samples=cur
     )
     assert judgement.verdict == verdict, judgement
 

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.runs import RESULTS_FILE, RUN_FILE, RunRecorder
+from harness.config import HarnessConfig
+from harness.report.compare import build_report
+from harness.report.metrics import identity_of, load_by_identity
+from harness.runs import RESULTS_FILE, RUN_FILE, RunRecorder, load_run
 
 MODEL: dict[str, Any] = {
     "name": "harness-tiny:q8_0",
@@ -603,3 +606,26 @@ def test_report_of_a_run_without_request_records_has_no_time_split(three_runs, c
     assert "inside the server" not in out
     _, out, _ = report(capsys, str(three_runs["baseline"]), "--format", "json")
     assert json.loads(out)["run"]["time"] is None
+
+
+def test_runs_of_the_same_model_under_run_specific_names_are_matched_by_identity(tmp_path, capsys):
+    """Fixture model names carry the run id: the comparison, the flipped prompts and the plot's baseline
+    match the model by profile and digest instead, so nothing is "new" or "gone"."""
+    runs = []
+    for seed, suffix in ((1, "aaaaaa"), (2, "bbbbbb")):
+        path = make_run(tmp_path, seed=seed, accuracy=0.9 if seed == 1 else 0.85)
+        lines = (path / "results.jsonl").read_text().replace(MODEL["name"], f"harness-tiny-5f0e2c-{suffix}")
+        (path / "results.jsonl").write_text(lines)
+        meta = json.loads((path / "run.json").read_text())
+        meta["models"] = [{**MODEL, "name": f"harness-tiny-5f0e2c-{suffix}"}]
+        (path / "run.json").write_text(json.dumps(meta))
+        runs.append(load_run(path))
+    baseline, current = runs
+    report = build_report(current, config=HarnessConfig(), baseline=baseline)
+    assert report.comparison and {row.verdict for row in report.comparison}.isdisjoint({"new", "gone"})
+    assert [p.item_id for p in report.flipped] == ["arith-17"] and report.flipped[0].change == "pass -> fail"
+    current_loads = load_by_identity(current)
+    assert set(current_loads) == set(load_by_identity(baseline))
+    assert identity_of(current, "harness-tiny-5f0e2c-bbbbbb") == identity_of(
+        baseline, "harness-tiny-5f0e2c-aaaaaa"
+    )

@@ -30,14 +30,13 @@ from starlette.routing import Route
 from harness.engine.godecode import ANY, BOOL, FLOAT64, INT, STRING, GoField
 from harness.engine.openai_compat import (
     EVENT_STREAM_HEADERS,
-    OpenAIRequestError,
     forwarded_error,
     json_body,
     ollama_events,
     openai_errors,
-    openai_tool_calls,
     read_openai_body,
 )
+from harness.engine.openai_translate import OpenAIRequestError, openai_tool_calls
 from harness.engine.routing import gin_route
 
 if TYPE_CHECKING:

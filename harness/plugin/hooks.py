@@ -155,6 +155,7 @@ class HarnessPlugin:
         """The session of `host` (one host here: the session; ScaleOutPlugin: one per host)."""
         return self.start()
 
+    @pytest.hookimpl(trylast=True)  # after pytest's own reordering by session-scoped parameters
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         # Cases that may kill the server (broken files: Ollama 0.24 dies on some) run last, so that a server
         # they kill costs only what comes after them, never the quality, load or memory suites.

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.runs import load_run
-from harness.testing.helpers import run_pytest
+from harness.testing.helpers import RealOllama, run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
 OLLAMA_BIN = os.environ.get("HARNESS_OLLAMA_BIN", "")
@@ -34,41 +32,11 @@ pytestmark = [
 NON_DESTRUCTIVE_SUITES = ("math", "quantum", "load", "memory")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def ollama(tmp_path: Path) -> Iterator[str]:
-    """A real Ollama server of its own; its host."""
-    host = f"127.0.0.1:{free_port()}"
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "OLLAMA_HOST": host, "OLLAMA_MODELS": str(home / "models")}
-    env["OLLAMA_NO_CLOUD"] = "1"
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen([OLLAMA_BIN, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", int(host.rsplit(":", 1)[1])), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None:
-                    pytest.fail(f"{OLLAMA_BIN} serve exited with {process.returncode}: see {log.name}")
-                time.sleep(0.2)
-        yield host
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    """A real Ollama server of its own (harness.testing.helpers.RealOllama); its host."""
+    with RealOllama(Path(OLLAMA_BIN), tmp_path / "ollama-home") as server:
+        yield server.host
 
 
 def test_every_suite_runs_on_a_real_ollama(ollama: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from harness.engine import EmbeddedEngine
 from harness.gguf.build import BuiltModel
 from harness.memory import estimate_model_memory
+from harness.server.client import OllamaClient
 from harness.testing.helpers import runner_pids
 
 from .conftest import GREEDY, ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf, post
@@ -378,3 +379,17 @@ def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as pushed:
         client.push("tiny")
     assert pushed.value.status_code == 500 and "no registry to push to" in pushed.value.error
+
+
+def test_settings_route_reports_the_scheduler_settings_a_client_cannot_see(engine: EmbeddedEngine) -> None:
+    """GET /harness/settings (not Ollama's API): what the suites ask instead of assuming a queue; the client's
+    `scheduler_settings` reads it, and is None where there is no such route."""
+    settings = httpx.get(f"{engine.url}/harness/settings").json()
+    assert settings["num_parallel"] >= 1 and settings["max_queue"] >= 1
+    with OllamaClient(engine.host, timeout=30) as harness_client:
+        assert harness_client.scheduler_settings() == {
+            "num_parallel": settings["num_parallel"],
+            "max_queue": settings["max_queue"],
+        }
+    with OllamaClient("127.0.0.1:9", timeout=5) as nowhere:
+        assert nowhere.scheduler_settings() is None

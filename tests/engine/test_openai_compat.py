@@ -17,7 +17,8 @@ import pytest
 from starlette.responses import StreamingResponse
 
 from harness.engine import EmbeddedEngine
-from harness.engine.openai_compat import chat_chunk, chat_completion, translate_answer
+from harness.engine.openai_compat import translate_answer
+from harness.engine.openai_translate import chat_chunk, chat_completion
 from harness.gguf.build import BuiltModel
 
 from .conftest import ORACLE_PROMPT, ORACLE_REPLY, create_from_gguf, make_engine
