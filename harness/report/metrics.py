@@ -320,12 +320,12 @@ def model_identity_key(model: Mapping[str, Any]) -> str:
             quantize=model.get("quantize"),
             modelfile=model.get("modelfile"),
         )
-    if not identity.get("gguf_sha256") and model.get("digest"):  # an unknown file: the server's word only
-        return f"{model['name']}@{str(model['digest'])[:12]}"
     label = identity.get("profile") or (Path(model["gguf_path"]).stem if model.get("gguf_path") else None)
     label = label or model.get("name")
     if identity.get("profile") and identity.get("tensor_type"):
         label = f"{label}-{identity['tensor_type']}"
+    if not identity.get("gguf_sha256") and model.get("digest"):  # an unknown file: the server's word only
+        return f"{label}@{str(model['digest'])[:12]}"
     return f"{label}@{identity_digest(identity)[:12]}"
 
 
