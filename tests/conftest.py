@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -18,6 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The engines' runners sleep at once instead of spinning: these tests share two cores with each other
+    # (harness/engine/runner.py OPENMP_SPIN_COUNT says why that is faster on a loaded machine).
+    os.environ.setdefault("GOMP_SPINCOUNT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -176,6 +176,27 @@ def test_chat_streams_message_content(httpserver: HTTPServer, client: OllamaClie
     assert json.loads(httpserver.log[0][0].get_data())["messages"] == [{"role": "user", "content": "hi"}]
 
 
+def test_chat_keeps_tool_calls_streamed_and_whole(httpserver: HTTPServer, client: OllamaClient) -> None:
+    call = {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+    message = {"role": "assistant", "content": "", "tool_calls": [call]}
+    chunks: list[dict[str, object]] = [
+        {"model": "m", "created_at": "t", "message": message, "done": False},
+        {"model": "m", "created_at": "t", "message": {"role": "assistant", "content": ""}, **FINAL},
+    ]
+    httpserver.expect_ordered_request("/api/chat", method="POST").respond_with_handler(streaming(chunks))
+    whole = {"model": "m", "created_at": "t", "message": message, **FINAL}
+    httpserver.expect_ordered_request("/api/chat", method="POST").respond_with_json(whole)
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    for stream in (True, False):
+        completion = client.chat("m", [{"role": "user", "content": "hi"}], tools=tools, stream=stream)
+        assert [c["function"]["name"] for c in completion.tool_calls] == ["get_weather"]
+        assert completion.tool_calls[0]["function"]["arguments"] == {"city": "Paris"}
+        assert (completion.text, completion.done, completion.eval_count) == ("", True, 4)
+    bodies = [json.loads(entry[0].get_data()) for entry in httpserver.log]
+    assert [body["stream"] for body in bodies] == [True, False]
+    assert all(body["tools"] == tools for body in bodies)
+
+
 def test_in_band_error_line_is_a_server_error(httpserver: HTTPServer, client: OllamaClient) -> None:
     objects = [*generate_chunks("a")[:1], {"error": "llama-server process has terminated: exit status 1"}]
     httpserver.expect_request("/api/generate").respond_with_handler(streaming(objects))

@@ -306,3 +306,22 @@ def test_oracle_words_join_the_vocab_automatically(tmp_path: Path) -> None:
     assert {"▁Once", "▁time", "▁cats", "▁loudly", ",", "!"} <= set(vocab.tokens)
     built = build_gguf(spec, tmp_path / "cats.gguf")
     assert llamacpp.generate(built.path, oracle.prompt, n_predict=16, timeout=60).text == oracle.continuation
+
+
+def test_the_tool_oracle_spells_each_of_its_three_answers_in_llama_cpp(built_dir: Path) -> None:
+    """oracle-tools: the first chat turn (ends in a newline) -> one tool call, the turn after a tool result
+    (ends in "Answer:") -> the final sentence, a raw "... JSON" prompt -> the JSON document."""
+    spec = load_profile("oracle-tools")
+    assert spec.oracle is not None
+    built = build_gguf(spec, built_dir / "oracle-tools.gguf")
+    vocab = spec_vocab(spec)
+    for prompt, continuation in spec.oracle.pairs:
+        result = llamacpp.generate(built.path, f"<|im_start|>user\nhi<|im_end|>\n{prompt}", n_predict=32)
+        assert result.text == continuation
+        pieces = vocab.tokenize(continuation, add_space_prefix=False)
+        assert len(pieces) <= result.n_tokens <= len(pieces) + 1  # each piece one token, then EOS
+    call = spec.oracle.continuation
+    assert [vocab.tokens[t] for t in vocab.tokenize(call, add_space_prefix=False)] == [
+        piece.replace(" ", "▁") for piece in spec.pieces[:8]
+    ]
+    assert llamacpp.tokenize(built.path, call) == vocab.tokenize(call)  # our tokenizer is llama.cpp's

@@ -8,9 +8,10 @@ import pytest
 from gguf import TokenType
 
 from harness.errors import SpecError
-from harness.gguf.plan import plan_gguf
+from harness.gguf.plan import plan_gguf, spec_vocab
 from harness.gguf.spec import ModelSpec, OracleSpec, list_profiles, load_profile
 from harness.gguf.vocab import SPACE, build_vocab
+from harness.gguf.weights import oracle_chain
 
 
 def test_the_three_profiles_exist_and_load() -> None:
@@ -121,3 +122,63 @@ def test_vocab_size_is_filled_exactly_or_refused() -> None:
     assert len(build_vocab(["hello"], size=700)) == 700
     with pytest.raises(SpecError, match="too small"):
         build_vocab(["hello"], size=300)
+
+
+def test_verbatim_pieces_are_single_tokens_with_their_punctuation_and_spaces() -> None:
+    vocab = build_vocab(["hello"], verbatim=['{"name": ', "<tool_call>", "}}"])
+    text = '<tool_call>{"name": }}'
+    pieces = [vocab.tokens[i] for i in vocab.tokenize(text, add_space_prefix=False)]
+    assert pieces == ["<tool_call>", '{"name":▁', "}}"]
+    assert vocab.detokenize(vocab.tokenize(text, add_space_prefix=False)) == text
+
+
+def test_more_oracle_pairs_join_the_chain_and_must_not_clash() -> None:
+    base = load_profile("oracle")
+    spec = base.replace(
+        oracle=OracleSpec(
+            prompt="hello the", continuation=" is two one.", more=(("hello world", " cats sang!"),)
+        )
+    )
+    vocab = spec_vocab(spec)
+    chain = oracle_chain(spec, vocab)
+    assert [vocab.tokens[t] for t in chain.sources] == [
+        "▁the",
+        "▁is",
+        "▁two",
+        "▁one",
+        ".",
+        "▁world",
+        "▁cats",
+        "▁sang",
+        "!",
+    ]
+    clash = base.replace(oracle=OracleSpec(more=(("say two", " is it"),)))  # "▁two" -> "▁one", and -> "▁is"
+    with pytest.raises(SpecError, match="two different successors"):
+        oracle_chain(clash, spec_vocab(clash))
+
+
+def test_specs_without_pieces_or_more_pairs_keep_their_hash_inputs() -> None:
+    data = load_profile("oracle").to_dict()
+    assert "pieces" not in data and "more" not in data["oracle"]
+    tools = load_profile("oracle-tools").to_dict()
+    assert tools["pieces"][0] == "<tool_call>" and len(tools["oracle"]["more"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("oracle", "problem"),
+    [
+        ({"more": "hello"}, "list of \\[prompt, continuation\\] pairs"),
+        ({"more": [["only a prompt"]]}, "list of \\[prompt, continuation\\] pairs"),
+        ({"more": [["", " text."]]}, "empty prompt or continuation"),
+    ],
+)
+def test_bad_more_pairs_are_spec_errors(oracle: dict[str, object], problem: str) -> None:
+    with pytest.raises(SpecError, match=problem):
+        OracleSpec(**oracle)  # type: ignore[arg-type]
+
+
+def test_bad_pieces_are_spec_errors() -> None:
+    with pytest.raises(SpecError, match="bad piece"):
+        load_profile("oracle").replace(pieces=(" leading space",))
+    with pytest.raises(SpecError, match="bad piece"):
+        load_profile("oracle").replace(pieces=("x",))

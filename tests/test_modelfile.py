@@ -16,7 +16,7 @@ from harness.modelfile.gotemplate import parse_template
 from harness.modelfile.parse import Command, Modelfile, parse_modelfile, quote
 from harness.modelfile.render import list_modelfile_templates, render_modelfile
 
-SHIPPED = ["chatml", "fixture", "gemma", "llama3"]
+SHIPPED = ["chatml", "fixture", "fixture-tools", "gemma", "llama3"]
 USER_HI = [{"role": "user", "content": "hi"}]
 EXPECTED_CHAT = {
     "llama3": (
@@ -25,8 +25,10 @@ EXPECTED_CHAT = {
     "chatml": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
     "gemma": "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
     "fixture": "hi",
+    "fixture-tools": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
 }
 EXPECTED_STOPS = {
+    "fixture-tools": ["<|im_start|>", "<|im_end|>"],
     "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
     "chatml": ["<|im_start|>", "<|im_end|>"],
     "gemma": ["<start_of_turn>", "<end_of_turn>"],

@@ -8,7 +8,7 @@ import pytest
 
 from harness.errors import ServerError
 from harness.quality.run import run_quality_suite
-from harness.quality.scoring import reference_response
+from harness.quality.scoring import Item, reference_response
 from harness.quality.suite_data import load_suite
 
 
@@ -22,7 +22,7 @@ def test_reference_answers_pass_and_are_recorded(math_suite: Any) -> None:
     answers = {math_suite.format_prompt(item): reference_response(item) for item in items}
     records: list[dict[str, Any]] = []
     outcome = run_quality_suite(
-        math_suite, items, model="m", ask=lambda prompt, repeat: answers[prompt], record=records.append,
+        math_suite, items, model="m", ask=lambda item, prompt, repeat: answers[prompt], record=records.append,
         threshold=0.5, repeats=2,
     )  # fmt: skip
     assert outcome.passed and outcome.accuracy_strict == 1.0
@@ -37,7 +37,7 @@ def test_reference_answers_pass_and_are_recorded(math_suite: Any) -> None:
 def test_garbage_scores_zero_and_fails(math_suite: Any) -> None:
     records: list[dict[str, Any]] = []
     outcome = run_quality_suite(
-        math_suite, math_suite.items, model="m", ask=lambda prompt, repeat: " is two one.",
+        math_suite, math_suite.items, model="m", ask=lambda item, prompt, repeat: " is two one.",
         record=records.append, threshold=0.5, expected_to_fail=True,
     )  # fmt: skip
     assert outcome.accuracy_strict == 0.0 and not outcome.passed
@@ -46,7 +46,7 @@ def test_garbage_scores_zero_and_fails(math_suite: Any) -> None:
 
 
 def test_a_refused_request_is_a_failed_answer_with_its_reason(math_suite: Any) -> None:
-    def refuse(prompt: str, repeat: int) -> str:
+    def refuse(item: Item, prompt: str, repeat: int) -> str:
         raise ServerError("POST /api/chat: 500 model failed to load", "")
 
     records: list[dict[str, Any]] = []

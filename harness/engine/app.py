@@ -22,7 +22,13 @@ from harness.engine.create import ModelCreator, model_details
 from harness.engine.embed import Embeddings
 from harness.engine.ggufinfo import GGUFFormatError, GGUFInfo, read_gguf_info
 from harness.engine.names import InvalidNameError, ModelName
-from harness.engine.options import OptionError, completion_fields, merge_options
+from harness.engine.options import (
+    OptionError,
+    completion_fields,
+    merge_options,
+    prompt_token_limit,
+    truncated_prompt,
+)
 from harness.engine.prompt import ollama_template, render_chat, render_generate
 from harness.engine.routing import (
     ApiError,
@@ -596,9 +602,16 @@ class Engine:
         try:
             output_format = format_fields(body.get("format"))
         except FormatError as error:
-            raise ApiError(500, str(error)) from None
+            raise ApiError(error.status, str(error)) from None
         model_request = self._model_request(manifest, options, self._keep_alive(body))
-        payload = {"prompt": prompt, **completion_fields(options), **output_format}
+        # Ollama bounds the prompt and the tokens of an unlimited generation by the num_ctx asked for, not by
+        # the context the model is loaded with (clamped to its trained length): observed on 0.33.
+        requested_ctx = options["num_ctx"] or self.config.context_length
+        payload = {
+            "prompt": prompt,
+            **completion_fields(options, requested_ctx),
+            **output_format,
+        }
         top_logprobs = int(body.get("top_logprobs") or 0) if body.get("logprobs") else -1
         if top_logprobs >= 0:
             payload["n_probs"] = max(top_logprobs, 1)
@@ -614,7 +627,9 @@ class Engine:
             try:
                 if context:
                     payload["prompt"] = await model.runner.detokenize(context) + prompt
-                async for event in model.runner.completion(payload):
+                text = payload["prompt"]
+                fitted = await self._fit_prompt(model, text, requested_ctx, options)
+                async for event in model.runner.completion({**payload, "prompt": fitted}):
                     if context is not None:
                         pieces.append(event.get("content", ""))
                     if first_event:
@@ -652,7 +667,7 @@ class Engine:
                         "eval_duration": int(timings.get("predicted_ms", 0.0) * 1e6),
                     }
                     if context is not None:
-                        final["context"] = await model.runner.tokenize(payload["prompt"] + "".join(pieces))
+                        final["context"] = await model.runner.tokenize(text + "".join(pieces))
                     yield final
             except RunnerDiedError as error:
                 failed = True
@@ -666,6 +681,25 @@ class Engine:
 
         chunks = events() if reshape is None else reshape(events())
         return await _respond(chunks, body.get("stream", True) is not False, _combine_generation)
+
+    async def _fit_prompt(
+        self, model: LoadedModel, text: str, num_ctx: int, options: dict[str, Any]
+    ) -> str | list[int]:
+        """The prompt as the runner gets it: the text, or, when it is over Ollama's limit for the context
+        (options.prompt_token_limit), its tokens truncated as Ollama truncates them. Only a text with more
+        bytes than the limit can be over it, so others are not tokenized here."""
+        limit = prompt_token_limit(num_ctx)
+        if len(text.encode()) + 1 <= limit:  # a token is at least one byte; the BOS the only exception
+            return text
+        tokens = await model.runner.tokenize(text, add_special=True)
+        if len(tokens) <= limit:
+            return text
+        bos = len(tokens) - len(await model.runner.tokenize(text))
+        keep = options["num_keep"] + bos
+        log.warning(
+            "truncating input prompt limit=%d prompt=%d keep=%d new=%d", limit, len(tokens), keep, limit
+        )
+        return truncated_prompt(tokens, limit, keep)
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()

@@ -12,6 +12,25 @@ from harness.modelfile.options import LOAD_DEFAULTS, OPTION_KINDS, RUNTIME_DEFAU
 log = logging.getLogger("harness.engine")
 
 
+# Ollama 0.33 ends a generation without num_predict at 10 x num_ctx tokens (observed: num_ctx 128 -> 1,280).
+UNLIMITED_PREDICT_CTX = 10
+
+
+def prompt_token_limit(num_ctx: int) -> int:
+    """The most prompt tokens Ollama 0.33 hands its llama-server for a model loaded with `num_ctx`; a longer
+    prompt is truncated (observed: num_ctx 64, 128, 300, 2000 -> 35, 67, 153, 1003 tokens)."""
+    return num_ctx // 2 + 3
+
+
+def truncated_prompt(tokens: list[int], limit: int, keep: int) -> list[int]:
+    """Ollama 0.33's truncation of a prompt over `limit` tokens: the first `keep` (its num_keep, plus the
+    BOS token), then the last ones, `limit` in all (`truncating input prompt` in its log)."""
+    if len(tokens) <= limit:
+        return tokens
+    keep = min(keep, limit)
+    return tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+
+
 class OptionError(ValueError):
     """An option of the wrong type (Ollama answers 500 with this text)."""
 
@@ -54,10 +73,15 @@ def merge_options(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def completion_fields(options: Mapping[str, Any]) -> dict[str, Any]:
-    """llama.cpp `/completion` sampling fields for merged Ollama options."""
+def completion_fields(options: Mapping[str, Any], num_ctx: int) -> dict[str, Any]:
+    """llama.cpp `/completion` sampling fields for merged Ollama options, for a model loaded with `num_ctx`.
+
+    A negative `num_predict` (no limit) becomes 10 x num_ctx, where Ollama 0.33 stops such a generation
+    (done_reason "length"); the runner shifts its context as it fills (runner.py), as Ollama's does."""
     fields: dict[str, Any] = {
-        "n_predict": options["num_predict"],
+        "n_predict": options["num_predict"]
+        if options["num_predict"] >= 0
+        else UNLIMITED_PREDICT_CTX * num_ctx,
         "temperature": options["temperature"],
         "top_k": options["top_k"],
         "top_p": options["top_p"],

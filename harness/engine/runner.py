@@ -17,8 +17,13 @@ Front side: `RunnerProcess` starts the child with its stderr kept in a log file,
 (PR_SET_PDEATHSIG), streams `/completion` over httpx, and turns a failed start into Ollama 0.33's message
 `llama-server process has terminated: exit status 1: error loading model: <cause>`.
 
+Settings: Ollama 0.33's llama-server command line (`-c N -np P --load-mode none --flash-attn auto -b B
+-ub B -t T --context-shift --keep 4`): weights read into memory rather than mapped, micro-batch = batch,
+and the context shifted when a generation fills it (the older half after `n_keep` is dropped) instead of
+stopping there.
+
 Memory: `/api/ps` `size` is what Ollama 0.33 reports: the sum of the buffer sizes llama.cpp logs while
-loading (`CPU_Mapped model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
+loading (`CPU model buffer size`, `CPU KV buffer size`, `CPU compute buffer size`, `output buffer`),
 parsed from the runner's log like Ollama's `memoryParsingWriter`, or the model file's size when no such
 line was logged. The runner runs at llama.cpp verbosity 4 for those lines (load errors are still logged;
 the price is a few info lines per request in the log, deleted when the runner stops). The runner's resident
@@ -59,6 +64,16 @@ MIB = 1 << 20
 _LOAD_DONE = "model loaded"  # llama-server's init line after the model and context are set up
 _VERBOSITY = 4  # llama.cpp prints its buffer sizes at 4 (at 1 only errors, which are kept at 4 too)
 _TIMEOUT = httpx.Timeout(None, connect=10.0)  # a completion may run long; connecting to loopback may not
+NUM_KEEP = 4  # Ollama's default num_keep, its llama-server's `--keep` (requests send their own `n_keep`)
+# The xllamacpp wheel's ggml runs its threads with OpenMP (Ollama's llama-server uses ggml's own pool, which
+# spins too). libgomp's default spin (300,000 rounds at each barrier and after each graph) keeps waiting
+# workers busy. Measured on 2 cores (Gemma 3 270M, 2 threads, benchmarks/README.md): at load ~3, 100,000
+# rounds give Ollama's speed (prompt 558 vs 545 tok/s, generation 83.4 vs 84.9), the default 269 and 65.7,
+# none 52 tok/s generation; on a machine loaded by other work (load 8 to 10) spinning starves the threads it
+# waits for (100,000 rounds: 25 and 4.4 tok/s, Ollama 17 and 4.2; none: 169 and 51.8). The default is
+# Ollama's speed on a machine the model has to itself; an explicit GOMP_SPINCOUNT in the environment wins
+# (the project's own test run sets 0: its tests share two cores).
+OPENMP_SPIN_COUNT = "100000"
 
 
 def set_parent_death_signal() -> None:
@@ -402,30 +417,62 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+def server_params(
+    model: str,
+    *,
+    n_ctx: int,
+    n_parallel: int = 1,
+    n_batch: int = 512,
+    n_threads: int = 0,
+    embedding: bool = False,
+    pooling: str | None = None,
+    verbosity: int = _VERBOSITY,
+) -> Any:
+    """xllamacpp.CommonParams for a llama-server set up as Ollama 0.33 starts its own (`-c N -np P
+    --load-mode none --flash-attn auto -b B -ub B -t T --context-shift --keep 4`); `n_threads` 0: llama.cpp's
+    default. Sets GOMP_SPINCOUNT (unless set) before importing xllamacpp: see OPENMP_SPIN_COUNT."""
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)  # libgomp reads it when xllamacpp loads it
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = model
+    params.n_ctx = n_ctx
+    params.n_parallel = n_parallel
+    params.kv_unified = False
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
+    params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_AUTO
+    params.ctx_shift = True
+    params.n_keep = NUM_KEEP
+    params.embedding = embedding
+    if pooling:
+        params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{pooling.upper()}")
+    if n_threads > 0:
+        params.cpuparams.n_threads = n_threads
+        params.cpuparams_batch.n_threads = n_threads
+    params.verbosity = verbosity
+    params.fit_params = False
+    return params
+
+
 def _serve(args: argparse.Namespace) -> int:
     set_parent_death_signal()
     # Only the main thread takes these signals; llama.cpp's threads inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = args.model
-    params.n_ctx = args.ctx
-    params.n_parallel = args.parallel
-    params.kv_unified = False
-    params.n_batch = args.batch
-    params.embedding = args.embedding
-    if args.pooling:
-        params.pooling_type = getattr(
-            xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}"
-        )
-    if args.threads > 0:
-        params.cpuparams.n_threads = args.threads
-        params.cpuparams_batch.n_threads = args.threads
-    params.verbosity = _VERBOSITY
-    params.fit_params = False
+    params = server_params(
+        args.model,
+        n_ctx=args.ctx,
+        n_parallel=args.parallel,
+        n_batch=args.batch,
+        n_threads=args.threads,
+        embedding=args.embedding,
+        pooling=args.pooling,
+    )
     params.hostnames = ["127.0.0.1"]
     params.port = 0
+    import xllamacpp  # loaded by server_params already
+
     try:
         server = xllamacpp.Server(params)
     except RuntimeError as error:

@@ -130,7 +130,7 @@ def plan_gguf(spec: ModelSpec) -> GGUFPlan:
     For oracle weights this also checks, in numpy, that greedy decoding survives the tensor type
     (raises BuildError naming the step and its margin otherwise).
     """
-    vocab = build_vocab(_vocab_words(spec), size=spec.vocab_size)
+    vocab = spec_vocab(spec)
     recipes = weights.tensor_recipes(spec, vocab)
     tensors = [_tensor_plan(recipe, spec.tensor_type) for recipe in recipes]
     if spec.weights == "oracle":
@@ -146,14 +146,15 @@ def plan_gguf(spec: ModelSpec) -> GGUFPlan:
 
 def spec_vocab(spec: ModelSpec) -> Vocab:
     """The vocabulary a spec's file carries."""
-    return build_vocab(_vocab_words(spec), size=spec.vocab_size)
+    return build_vocab(_vocab_words(spec), size=spec.vocab_size, verbatim=spec.pieces)
 
 
 def _vocab_words(spec: ModelSpec) -> list[str]:
     words = list(spec.words)
     if spec.oracle is not None:
-        words += text_units(spec.oracle.prompt, add_space_prefix=True)
-        words += text_units(spec.oracle.continuation)
+        for prompt, continuation in spec.oracle.pairs:
+            words += text_units(prompt, add_space_prefix=True)
+            words += text_units(continuation)
     return words
 
 

@@ -49,16 +49,41 @@ def fixtures_dir() -> Path:
 class OracleSpec:
     """What an oracle model generates: greedy decoding after `prompt` yields `continuation`, then EOS.
 
-    `target_logit` is the logit the right successor gets (before quantization); `min_margin` is the smallest
-    gap between it and the runner-up that the builder accepts after simulating the tensor type.
+    `more` holds further (prompt, continuation) pairs: the model sees only the last token of a prompt, so
+    each pair's prompt must end in its own token (a tool-calling oracle answers differently on the first
+    turn and after a tool result). `target_logit` is the logit the right successor gets (before
+    quantization); `min_margin` is the smallest gap between it and the runner-up that the builder accepts
+    after simulating the tensor type.
     """
 
     prompt: str = "hello the"
     continuation: str = " is two one."
+    more: tuple[tuple[str, str], ...] = ()
     target_logit: float = 16.0
     min_margin: float = 2.0
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (prompt, continuation) pair, the main one first."""
+        return ((self.prompt, self.continuation), *self.more)
+
     def __post_init__(self) -> None:
+        more = self.more
+        if not isinstance(more, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+            for pair in more
+        ):
+            raise SpecError(
+                "oracle 'more' must be a list of [prompt, continuation] pairs of strings",
+                'e.g. more = [["the prompt end", " its continuation."]]',
+            )
+        object.__setattr__(self, "more", tuple((prompt, continuation) for prompt, continuation in more))
+        for prompt, continuation in self.more:
+            if not prompt.strip() or not continuation.strip():
+                raise SpecError(
+                    f"oracle pair {[prompt, continuation]!r} has an empty prompt or continuation",
+                    "give every [prompt, continuation] pair in 'more' text on both sides",
+                )
         if not self.prompt.strip():
             raise SpecError("oracle prompt is empty", 'give [oracle] prompt a few words, e.g. "hello the"')
         if not self.continuation.strip():
@@ -89,12 +114,14 @@ class ModelSpec:
     seed: int = 0
     weights: str = "random"
     words: tuple[str, ...] = ()
+    pieces: tuple[str, ...] = ()  # extra tokens taken verbatim (spaces and punctuation included)
     oracle: OracleSpec | None = None
     chat_template: str = DEFAULT_CHAT_TEMPLATE
     vocab_size: int | None = None  # None: specials + bytes + pieces, as many as the words need
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "words", tuple(self.words))
+        object.__setattr__(self, "pieces", tuple(self.pieces))
         if self.weights == "oracle" and self.oracle is None:
             object.__setattr__(self, "oracle", OracleSpec())
         _validate(self)
@@ -111,6 +138,12 @@ class ModelSpec:
         """Plain data (JSON/TOML-friendly)."""
         data = dataclasses.asdict(self)
         data["words"] = list(self.words)
+        if self.pieces:
+            data["pieces"] = list(self.pieces)
+        else:
+            del data["pieces"]  # specs without pieces keep the hash they had before pieces existed
+        if self.oracle is not None and not self.oracle.more:
+            del data["oracle"]["more"]
         return data
 
     def spec_hash(self) -> str:
@@ -170,6 +203,12 @@ def _validate(spec: ModelSpec) -> None:
     for word in spec.words:
         if not isinstance(word, str) or not word.strip() or any(c.isspace() for c in word):
             raise SpecError(f"bad word {word!r} in words", "words are non-empty strings without whitespace")
+    for piece in spec.pieces:
+        if not isinstance(piece, str) or len(piece) < 2 or piece != piece.lstrip():
+            raise SpecError(
+                f"bad piece {piece!r} in pieces",
+                "pieces are tokens of two characters or more that do not start with whitespace",
+            )
 
 
 # --------------------------------------------------------------------------------------------- profiles
@@ -234,10 +273,11 @@ def spec_from_dict(data: dict[str, Any], *, source: str = "spec") -> ModelSpec:
                 f"known keys: {', '.join(sorted(_ORACLE_FIELDS))}",
             )
         values["oracle"] = OracleSpec(**oracle)
-    if "words" in values:
-        if not isinstance(values["words"], list):
-            raise SpecError(f"{source}: words must be a list of strings", 'e.g. words = ["hello", "world"]')
-        values["words"] = tuple(values["words"])
+    for key, example in (("words", '["hello", "world"]'), ("pieces", '["<tool_call>", "}}"]')):
+        if key in values:
+            if not isinstance(values[key], list):
+                raise SpecError(f"{source}: {key} must be a list of strings", f"e.g. {key} = {example}")
+            values[key] = tuple(values[key])
     for key in ("rope_freq_base", "norm_eps"):
         if isinstance(values.get(key), int):
             values[key] = float(values[key])

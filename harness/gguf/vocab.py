@@ -3,7 +3,9 @@
 Layout: `<unk> <s> </s>`, the 256 byte tokens `<0x00>`..`<0xFF>` (type BYTE, for byte fallback), single
 characters, then word pieces. Every word is added with its whole prefix chain (`▁h`, `▁he`, ... `▁hello`)
 because SPM only merges adjacent pieces whose concatenation is itself a piece; a piece's score is its
-length, so longer pieces merge first and whole words win over letters.
+length, so longer pieces merge first and whole words win over letters. Verbatim pieces (`{"name": `,
+`<tool_call>`: punctuation and spaces inside one token) are added the same way, with their prefix chain
+and their characters.
 """
 
 from __future__ import annotations
@@ -133,13 +135,23 @@ def _filler_pieces() -> Iterator[str]:
             yield SPACE + "".join(letters)
 
 
-def build_vocab(words: Iterable[str], *, size: int | None = None) -> Vocab:
-    """Specials + 256 bytes + base characters + the words' pieces, filled up to `size` tokens if given."""
+def verbatim_pieces(text: str) -> list[str]:
+    """A verbatim token (spaces as `▁`) with its whole prefix chain, so SPM can merge up to it."""
+    piece = text.replace(" ", SPACE)
+    return [piece[:n] for n in range(2, len(piece) + 1)]
+
+
+def build_vocab(words: Iterable[str], *, size: int | None = None, verbatim: Iterable[str] = ()) -> Vocab:
+    """Specials + 256 bytes + base characters + the words' pieces + the `verbatim` tokens (each with its
+    prefix chain and characters), filled up to `size` tokens if given."""
     pieces: dict[str, None] = dict.fromkeys(BASE_CHARACTERS)
     for word in words:
         for unit in text_units(word) or [word]:
             pieces.update(dict.fromkeys(word_pieces(unit)))
             pieces.update(dict.fromkeys(c for c in unit if c != SPACE))
+    for text in verbatim:
+        pieces.update(dict.fromkeys(c for c in text.replace(" ", SPACE)))
+        pieces.update(dict.fromkeys(verbatim_pieces(text)))
     n_fixed = 3 + 256
     if size is not None:
         if n_fixed + len(pieces) > size:

@@ -132,17 +132,21 @@ class OracleChain:
 
 
 def oracle_chain(spec: ModelSpec, vocab: Vocab) -> OracleChain:
-    """Token chain of the oracle: last prompt token -> continuation tokens -> EOS (validated)."""
+    """Token chain of the oracle: for each (prompt, continuation) pair, the prompt's last token ->
+    continuation tokens -> EOS; one successor per token across all pairs (validated)."""
     assert spec.oracle is not None
-    prompt_ids = vocab.tokenize(spec.oracle.prompt)
-    continuation_ids = vocab.tokenize(spec.oracle.continuation, add_space_prefix=False)
-    if vocab.detokenize(continuation_ids) != spec.oracle.continuation:
-        raise SpecError(
-            f"oracle continuation {spec.oracle.continuation!r} does not survive tokenization",
-            "use plain words, spaces and punctuation",
-        )
-    sources = (prompt_ids[-1], *continuation_ids)
-    successors = (*continuation_ids, vocab.eos_id)
+    sources: list[int] = []
+    successors: list[int] = []
+    for prompt, continuation in spec.oracle.pairs:
+        prompt_ids = vocab.tokenize(prompt)
+        continuation_ids = vocab.tokenize(continuation, add_space_prefix=False)
+        if vocab.detokenize(continuation_ids) != continuation:
+            raise SpecError(
+                f"oracle continuation {continuation!r} does not survive tokenization",
+                "use plain words, spaces and punctuation (or add its pieces to `pieces`)",
+            )
+        sources += [prompt_ids[-1], *continuation_ids]
+        successors += [*continuation_ids, vocab.eos_id]
     seen: dict[int, int] = {}
     for source, successor in zip(sources, successors, strict=True):
         if seen.setdefault(source, successor) != successor:
@@ -150,14 +154,14 @@ def oracle_chain(spec: ModelSpec, vocab: Vocab) -> OracleChain:
                 f"oracle token {vocab.tokens[source]!r} would need two different successors "
                 f"({vocab.tokens[seen[source]]!r} and {vocab.tokens[successor]!r})",
                 "the oracle maps each token to one successor: don't repeat a word of the continuation "
-                "(or the prompt's last word)",
+                "(or the prompt's last word), and end each prompt of `more` in its own token",
             )
     if len(seen) > spec.n_embd:
         raise SpecError(
             f"oracle chain has {len(seen)} distinct tokens but n_embd is {spec.n_embd}",
             "shorten the continuation or raise n_embd",
         )
-    return OracleChain(sources, successors)
+    return OracleChain(tuple(sources), tuple(successors))
 
 
 @functools.lru_cache(maxsize=4)

@@ -234,8 +234,11 @@ def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
     """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
-    --repeats, --num-predict, --fewshot), grade, record, and return the `harness.quality.run.SuiteOutcome`."""
+    --repeats, --num-predict, --fewshot), grade, record, and return the `harness.quality.run.SuiteOutcome`.
+    An item's schema goes as `format`, its tools as `tools` (the response is then the reply's content and
+    tool calls, `harness.quality.json_graders.tool_reply`)."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+    from harness.quality.json_graders import tool_reply
     from harness.quality.run import Answer, Generation
     from harness.quality.run import run_quality_suite as run_suite
     from harness.quality.suite_data import load_suite
@@ -245,17 +248,25 @@ def run_quality_suite(
     def run(name: str) -> Any:
         suite = load_suite(name)
         items = suite.items[: options.max_items] if options.max_items else suite.items
+        num_predict = options.num_predict_for(suite.name, suite.num_predict)
+        if any(item.schema is not None or item.tools for item in suite.items):
+            num_predict = max(num_predict, suite.num_predict)  # a JSON answer needs the room its schema takes
         generation = Generation(
-            num_predict=options.num_predict_for(suite.name, suite.num_predict),
+            num_predict=num_predict,
             stop=suite.stop,
             fewshot=options.fewshot,
         )
 
-        def ask(prompt: str, repeat: int) -> Answer:
+        def ask(item: Any, prompt: str, repeat: int) -> Answer:
             reply = ollama_client.chat(
-                model_under_test.name, [{"role": "user", "content": prompt}], options=generation.options()
+                model_under_test.name,
+                [{"role": "user", "content": prompt}],
+                options=generation.options(),
+                format=dict(item.schema) if item.schema is not None else None,
+                tools=list(item.tools) or None,
             )
-            return Answer(str(reply.text), reply.done_reason, reply.eval_count)
+            text = tool_reply(reply.text, reply.tool_calls) if item.tools else str(reply.text)
+            return Answer(text, reply.done_reason, reply.eval_count)
 
         return run_suite(
             suite,

@@ -69,7 +69,9 @@ class ModelUnderTest:
     @property
     def oracle(self) -> Any:
         """The fixture's OracleSpec (prompt, continuation) when its weights are an oracle, else None."""
-        return getattr(self.spec, "oracle", None) if self.spec is not None else None
+        if self.spec is None or getattr(self.spec, "weights", None) != "oracle":
+            return None
+        return self.spec.oracle
 
     def identity_fields(self) -> dict[str, Any]:
         """What the user gave (see harness.modelfile.identity): shown by the server for `--model`, else from
@@ -189,11 +191,17 @@ class ModelFactory:
         return None if self.session.options.keep_models else self.session.recorder.run_id
 
     def from_profile(
-        self, profile: str, *, modelfile: str | None = None, tensor_type: str | None = None
+        self,
+        profile: str,
+        *,
+        modelfile: str | None = None,
+        tensor_type: str | None = None,
+        weights: str | None = None,
     ) -> ModelUnderTest:
         """The fixture model of `profile` (built, created and remembered on first use); `tensor_type`
-        builds it in another type than the profile's (the --matrix)."""
-        key = f"profile:{profile}:{modelfile}:{tensor_type}"
+        builds it in another type than the profile's (the --matrix), `weights` with another weight recipe
+        (an oracle's vocabulary and template with `random` weights: a negative control)."""
+        key = f"profile:{profile}:{modelfile}:{tensor_type}:{weights}"
         if key not in self._by_key:
             # lazy: pytest loads this plugin in every run; a session's modules load when it starts
             from harness.gguf.build import build_cached
@@ -203,8 +211,10 @@ class ModelFactory:
             spec = load_profile(profile)
             if tensor_type is not None:
                 spec = spec.replace(tensor_type=tensor_type)
+            if weights is not None:
+                spec = spec.replace(weights=weights)
             built = build_cached(spec)
-            kind = f"{spec.name}-{tensor_type}" if tensor_type else spec.name
+            kind = "-".join(part for part in (spec.name, tensor_type, weights) if part)
             self._by_key[key] = self._create(
                 kind,
                 built.path,

@@ -18,10 +18,10 @@ import pytest
 from harness.config import HarnessConfig, load_config
 from harness.errors import HarnessError
 
-QUALITY_SUITES = ("math", "quantum")
+QUALITY_SUITES = ("math", "quantum", "structured", "tools")
 # Accuracy (strict grading) a model must reach for a quality suite to pass. Half right is a low bar for a
 # chat model on these items and far above what a model that is not a language model can reach (about 0).
-DEFAULT_THRESHOLDS: Mapping[str, float] = {"math": 0.5, "quantum": 0.5}
+DEFAULT_THRESHOLDS: Mapping[str, float] = {"math": 0.5, "quantum": 0.5, "structured": 0.5, "tools": 0.5}
 DEFAULT_PROFILE = "oracle"
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 # The fixture models are not language models (their answers only prove the grader scores them about zero),

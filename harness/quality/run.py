@@ -41,7 +41,7 @@ class Answer:
         return num_predict is not None and self.eval_count is not None and self.eval_count >= num_predict
 
 
-Ask = Callable[[str, int], "str | Answer"]  # (prompt text, repeat) -> response
+Ask = Callable[[Item, str, int], "str | Answer"]  # (item, its prompt text, repeat) -> response
 Record = Callable[[dict[str, Any]], None]
 
 
@@ -71,6 +71,7 @@ class SuiteOutcome:
     model: str
     threshold: float
     results: list[tuple[str, GradeResult]] = field(default_factory=list)
+    responses: list[str | None] = field(default_factory=list)  # one per result (None: the request failed)
     errors: list[tuple[str, str]] = field(default_factory=list)
     repeats: int = 1
     expected_to_fail: bool = False
@@ -157,8 +158,8 @@ def run_quality_suite(
     expected_to_fail: bool = False,
     generation: Generation | None = None,
 ) -> SuiteOutcome:
-    """Ask (the suite's formatted prompt, with `generation.fewshot` examples), grade and record every item
-    `repeats` times; returns the outcome (also recorded as the "suite" record).
+    """Ask (the item with the suite's formatted prompt, with `generation.fewshot` examples), grade and record
+    every item `repeats` times; returns the outcome (also recorded as the "suite" record).
 
     A `HarnessError` while asking one item (the server refused it, a timeout) is recorded as a failed answer
     with its reason, and the suite goes on; anything else (the server died) propagates.
@@ -179,7 +180,7 @@ def run_quality_suite(
         for repeat in range(repeats):
             answer: Answer | None
             try:
-                reply = ask(prompt, repeat)
+                reply = ask(item, prompt, repeat)
             except HarnessError as error:
                 outcome.errors.append((item.id, error.message))
                 result = GradeResult(0.0, 0.0, None, None, False, f"request failed: {error.message}")
@@ -192,6 +193,7 @@ def run_quality_suite(
                     budget = generation.num_predict if generation.num_predict is not None else "?"
                     result = replace(result, reason=f"cut off at num_predict {budget}: {result.reason}")
             outcome.results.append((item.id, result))
+            outcome.responses.append(answer.text if answer else None)
             record(
                 {
                     "kind": "prompt",

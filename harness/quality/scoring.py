@@ -45,7 +45,8 @@ class Item:
     answer that passes the rubric (rubric). `rel_tolerance` / `tolerance` (absolute) bound numeric errors;
     `units` are symbols read as 1 in numeric answers (``hbar`` lets "ħ/2" mean 0.5 "in units of ħ");
     `accept` holds the regexes an exact answer may match; `check` is a Python expression the data tests
-    evaluate to recompute the reference.
+    evaluate to recompute the reference. `schema` is the JSON schema a structured-output item sends as
+    `format`, `tools` the tool definitions a tool item sends (both resolved from the suite file's tables).
     """
 
     id: str
@@ -60,6 +61,8 @@ class Item:
     accept: tuple[str, ...] = ()
     rubric: Rubric | None = None
     check: str | None = None
+    schema: Mapping[str, Any] | None = field(default=None, hash=False)
+    tools: tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
 
 
 @dataclass(frozen=True)
@@ -81,29 +84,45 @@ class GradeResult:
 
 GradeFunction = Callable[[Item, str], GradeResult]
 ValidateFunction = Callable[[Item], list[str]]
+ReferenceFunction = Callable[[Item], str]
+
+
+def answer_line_reference(item: Item) -> str:
+    """The reference in the asked format: an "Answer: <answer>" line."""
+    return f"Answer: {item.answer}"
+
+
+def answer_itself(item: Item) -> str:
+    """The reference is a whole response already (a rubric's model answer, a JSON document)."""
+    return item.answer
 
 
 @dataclass(frozen=True)
 class Grader:
-    """A registered grader: `grade(item, response)` and `validate(item) -> problems` (for data files)."""
+    """A registered grader: `grade(item, response)`, `validate(item) -> problems` (for data files) and
+    `reference(item)`, a response that must score 1."""
 
     name: str
     grade: GradeFunction
     validate: ValidateFunction = field(default=lambda item: [])
+    reference: ReferenceFunction = answer_line_reference
 
 
 _GRADERS: dict[str, Grader] = {}
 
 
 def register_grader(
-    name: str, *, validate: ValidateFunction | None = None
+    name: str, *, validate: ValidateFunction | None = None, reference: ReferenceFunction | None = None
 ) -> Callable[[GradeFunction], GradeFunction]:
-    """Register a grading function under `name`; `validate` lists the problems of an item's data."""
+    """Register a grading function under `name`; `validate` lists the problems of an item's data,
+    `reference` writes a response that must score 1 (default: an "Answer: <answer>" line)."""
 
     def decorator(function: GradeFunction) -> GradeFunction:
         if name in _GRADERS:
             raise ValueError(f"grader {name!r} is already registered")
-        _GRADERS[name] = Grader(name, function, validate or (lambda item: []))
+        _GRADERS[name] = Grader(
+            name, function, validate or (lambda item: []), reference or answer_line_reference
+        )
         return function
 
     return decorator
@@ -129,7 +148,7 @@ def grade(item: Item, response: str) -> GradeResult:
 
 def reference_response(item: Item) -> str:
     """A response that must score 1 (strict and flexible): the reference in the asked format."""
-    return item.answer if item.grader == "rubric" else f"Answer: {item.answer}"
+    return get_grader(item.grader).reference(item)
 
 
 # ------------------------------------------------------------------------------- closed-form reading
@@ -580,7 +599,7 @@ def _validate_rubric(item: Item) -> list[str]:
     return problems + _validate_patterns(item.rubric.forbidden)
 
 
-@register_grader("rubric", validate=_validate_rubric)
+@register_grader("rubric", validate=_validate_rubric, reference=answer_itself)
 def grade_rubric(item: Item, response: str) -> GradeResult:
     """Score = fraction of required concept groups present (0 if any forbidden claim matches);
     passed when all are present and none is forbidden. Strict and flexible are the same."""

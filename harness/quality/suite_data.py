@@ -1,10 +1,10 @@
 """Load and validate the prompt data of the quality suites (`suites/data/<suite>.yaml`).
 
 A suite file has a header (suite name, version, description, the prompt-format instruction shared by all
-its items, the pass threshold, the generation budget `num_predict` and `stop` sequences, and a held-out
-`fewshot` list of solved examples that are never scored) and a list of items (id, prompt, grader, answer,
-tags, grader-specific fields). Every problem in a file is reported at once, each naming the file, the item
-id and the problem, as one `SuiteDataError`.
+its items, the pass threshold, the generation budget `num_predict` and `stop` sequences, a held-out
+`fewshot` list of solved examples that are never scored, and named JSON schemas and tools that items refer
+to) and a list of items (id, prompt, grader, answer, tags, grader-specific fields). Every problem in a file
+is reported at once, each naming the file, the item id and the problem, as one `SuiteDataError`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from harness.errors import SuiteDataError
+from harness.quality import json_graders  # noqa: F401  (registers the JSON and tool-call graders)
 from harness.quality.scoring import Item, Rubric, get_grader, grader_names
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "suites" / "data"
@@ -26,6 +27,7 @@ DIFFICULTIES = ("easy", "medium", "hard")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _HEADER_KEYS = {
     "suite", "version", "description", "instruction", "threshold", "items", "num_predict", "stop", "fewshot",
+    "schemas", "tools",
 }  # fmt: skip
 _FEWSHOT_KEYS = {"prompt", "solution", "answer"}
 # Tokens an answer may take when the suite file sets no `num_predict`: room for a worked solution before the
@@ -33,7 +35,7 @@ _FEWSHOT_KEYS = {"prompt", "solution", "answer"}
 DEFAULT_SUITE_NUM_PREDICT = 512
 _ITEM_KEYS = {
     "id", "prompt", "grader", "answer", "tags", "rel_tolerance", "tolerance", "units", "accept", "rubric",
-    "check",
+    "check", "schema", "tools",
 }  # fmt: skip
 _HINT = "fix the file (see suites/data/README.md for the format)"
 
@@ -136,6 +138,7 @@ def _parse_suite(document: Any, path: Path) -> Suite:
     if stop is None:
         problems.append("header 'stop' must be a list of non-empty strings")
     fewshot = _parse_fewshot(document.get("fewshot", []), problems)
+    tables = _named_tables(document, problems)
     raw_items = document.get("items")
     if not isinstance(raw_items, list) or not raw_items:
         problems.append("'items' must be a non-empty list")
@@ -145,7 +148,7 @@ def _parse_suite(document: Any, path: Path) -> Suite:
     for index, raw in enumerate(raw_items):
         item_id = raw.get("id") if isinstance(raw, Mapping) else None
         label = f"item {item_id!r}" if isinstance(item_id, str) else f"item #{index + 1}"
-        item, item_problems = _parse_item(raw)
+        item, item_problems = _parse_item(raw, tables)
         if isinstance(item_id, str):
             if item_id in seen:
                 item_problems.append("duplicate id")
@@ -199,6 +202,51 @@ def _parse_fewshot(raw: Any, problems: list[str]) -> list[FewShotExample]:
     return examples
 
 
+def _named_tables(document: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The header's `schemas` (name -> JSON schema) and `tools` (name -> Ollama tool definition)."""
+    tables: dict[str, dict[str, Any]] = {}
+    for key in ("schemas", "tools"):
+        table = document.get(key, {})
+        if not isinstance(table, Mapping) or not all(isinstance(v, Mapping) for v in table.values()):
+            problems.append(f"header {key!r} must map names to mappings")
+            table = {}
+        tables[key] = dict(table)
+    for name, tool in tables["tools"].items():
+        function = tool.get("function")
+        if (
+            tool.get("type") != "function"
+            or not isinstance(function, Mapping)
+            or function.get("name") != name
+        ):
+            problems.append(f"tool {name!r} must be {{type: function, function: {{name: {name}, ...}}}}")
+    return tables
+
+
+def _resolve(
+    raw: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]], problems: list[str]
+) -> tuple[Mapping[str, Any] | None, tuple[Mapping[str, Any], ...]]:
+    """An item's schema (a name from `schemas`, or inline) and tools (names from `tools`)."""
+    schema = raw.get("schema")
+    if isinstance(schema, str):
+        if schema not in tables["schemas"]:
+            problems.append(f"unknown schema {schema!r} (the file's schemas: {', '.join(tables['schemas'])})")
+        schema = tables["schemas"].get(schema)
+    elif schema is not None and not isinstance(schema, Mapping):
+        problems.append("'schema' must be a schema name or a JSON schema mapping")
+        schema = None
+    names = raw.get("tools", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        problems.append("'tools' must be a list of tool names")
+        names = []
+    unknown = [name for name in names if name not in tables["tools"]]
+    if unknown:
+        problems.append(
+            f"unknown tool(s) {', '.join(unknown)} (the file's tools: {', '.join(tables['tools'])})"
+        )
+    tools = tuple(tables["tools"][name] for name in names if name in tables["tools"])
+    return schema, tools
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -229,7 +277,7 @@ def _parse_rubric(raw: Any, problems: list[str]) -> Rubric | None:
     return Rubric(tuple(group for group in groups if group is not None), forbidden)
 
 
-def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
+def _parse_item(raw: Any, tables: Mapping[str, Mapping[str, Any]]) -> tuple[Item | None, list[str]]:
     """The item and the problems found in it (item is None when it cannot be built)."""
     if not isinstance(raw, Mapping):
         return None, ["must be a mapping"]
@@ -264,6 +312,7 @@ def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
     if check is not None and not isinstance(check, str):
         problems.append("'check' must be a string (a Python expression)")
     rubric = _parse_rubric(raw.get("rubric"), problems)
+    schema, tools = _resolve(raw, tables, problems)
     if problems:
         return None, problems
     assert isinstance(item_id, str) and isinstance(prompt, str) and isinstance(grader, str)  # checked above
@@ -280,5 +329,7 @@ def _parse_item(raw: Any) -> tuple[Item | None, list[str]]:
         accept=accept or (),
         rubric=rubric,
         check=check,
+        schema=schema,
+        tools=tools,
     )
     return item, get_grader(grader).validate(item)

@@ -91,6 +91,7 @@ class Completion:
     model: str
     text: str = ""
     thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # chat: message.tool_calls, as sent
     done: bool = False
     done_reason: str | None = None
     chunk_times: list[float] = field(default_factory=list)
@@ -458,9 +459,10 @@ class OllamaClient:
         think: bool | None = None,
         timeout: float | None = None,
         stall_timeout: float | None = None,
+        stream: bool = True,
     ) -> Completion:
-        """POST /api/generate, streamed and timed. Raises ServerError on any failure, including a stream
-        that ends without `done: true`."""
+        """POST /api/generate, streamed and timed (`stream=False`: one whole reply). Raises ServerError on
+        any failure, including a stream that ends without `done: true`."""
         arguments: dict[str, Any] = {
             "model": model,
             "prompt": prompt,
@@ -471,11 +473,12 @@ class OllamaClient:
             "keep_alive": keep_alive,
             "format": format,
             "think": think,
+            "stream": stream,
         }
         return self._stream_completion(
             f"generate (model {model!r})",
             model,
-            lambda client: client.generate(**arguments, stream=True),
+            lambda client: _chunks(client.generate(**arguments)),
             timeout,
             stall_timeout,
         )
@@ -492,8 +495,10 @@ class OllamaClient:
         tools: Sequence[Mapping[str, Any]] | None = None,
         timeout: float | None = None,
         stall_timeout: float | None = None,
+        stream: bool = True,
     ) -> Completion:
-        """POST /api/chat, streamed and timed; as `generate`."""
+        """POST /api/chat, streamed and timed; as `generate`. Tool calls the server parsed out of the reply
+        are in `tool_calls`."""
         arguments: dict[str, Any] = {
             "model": model,
             "messages": list(messages),
@@ -502,11 +507,12 @@ class OllamaClient:
             "format": format,
             "think": think,
             "tools": list(tools) if tools is not None else None,
+            "stream": stream,
         }
         return self._stream_completion(
             f"chat (model {model!r})",
             model,
-            lambda client: client.chat(**arguments, stream=True),
+            lambda client: _chunks(client.chat(**arguments)),
             timeout,
             stall_timeout,
         )
@@ -604,11 +610,18 @@ class OllamaClient:
         self._call(f"unload {name!r}", lambda: self._official.generate(model=name, prompt="", keep_alive=0))
 
 
+def _chunks(reply: Any) -> Iterator[Any]:
+    """The chunks of a reply: a stream as it is, a whole (`stream=False`) reply as its only chunk."""
+    return iter([reply]) if hasattr(reply, "done") else iter(reply)
+
+
 def _absorb(completion: Completion, chunk: Any, now: float) -> None:
     """Add one streamed GenerateResponse/ChatResponse to the completion."""
     message = getattr(chunk, "message", None)
     if message is not None:
         text, thinking = message.content or "", message.thinking or ""
+        for call in message.tool_calls or []:
+            completion.tool_calls.append(call.model_dump(mode="json", exclude_none=True))
     else:
         text, thinking = chunk.response or "", chunk.thinking or ""
     if text or thinking:

@@ -377,11 +377,15 @@ def test_default_run_of_every_suite_writes_a_complete_run_folder(tmp_path: Path)
     assert run.complete, run.incomplete_reason
     tests = outcomes(run)
     assert {nodeid.split("::")[0] for nodeid in tests} == {
-        f"suites/test_{name}.py" for name in ("lifecycle", "load", "math", "memory", "quantum")
+        f"suites/test_{name}.py"
+        for name in ("lifecycle", "load", "math", "memory", "quantum", "structured", "tools")
     }
     assert not [nodeid for nodeid, outcome in tests.items() if outcome == "failed"], tests
     suites = suite_records(run)
     assert suites["math"]["passed"] is False and suites["quantum"]["passed"] is False
+    assert suites["structured"]["passed"] is False  # fixture weights: exact values fail, validity passed
+    tools_quality = "suites/test_tools.py::test_tools_accuracy_reaches_the_threshold"
+    assert tests[tools_quality] == "skipped"  # the default oracle's template takes no tools
     assert {record["scenario"] for record in run.of_kind("load")} >= {"closed-c1", "closed-c2", "closed-c3"}
     assert {record.get("scenario") for record in run.of_kind("memory")} >= {
         "ps_vs_estimate",

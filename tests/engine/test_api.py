@@ -365,10 +365,14 @@ def test_load_failure_carries_llama_cpp_cause(
     )
 
 
-def test_prompt_longer_than_the_context_is_refused(client: ollama.Client) -> None:
-    with pytest.raises(ollama.ResponseError) as caught:
-        client.generate(model="oracle", prompt="hello the " * 400, raw=True, options={"num_ctx": 64})
-    assert caught.value.status_code == 400 and "context" in caught.value.error
+def test_a_prompt_longer_than_the_context_is_truncated_as_ollama_does(client: ollama.Client) -> None:
+    """Ollama 0.33 keeps num_ctx / 2 + 3 prompt tokens: the first num_keep (and BOS), then the last ones
+    (observed: 802 tokens, num_ctx 64 -> 35, num_ctx 128 -> 67)."""
+    for num_ctx, kept in ((64, 35), (128, 67)):
+        reply = client.generate(
+            model="oracle", prompt="hello the " * 400, raw=True, options={**GREEDY, "num_ctx": num_ctx}
+        )
+        assert (reply.done, reply.prompt_eval_count) == (True, kept)
 
 
 def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
@@ -393,3 +397,21 @@ def test_settings_route_reports_the_scheduler_settings_a_client_cannot_see(engin
         }
     with OllamaClient("127.0.0.1:9", timeout=5) as nowhere:
         assert nowhere.scheduler_settings() is None
+
+
+# --- context shift ---------------------------------------------------------------------------------------
+
+
+def test_generation_past_the_context_shifts_it_as_ollama_does(client: ollama.Client) -> None:
+    """With num_ctx 128 (llama.cpp makes the slot 256), 300 tokens: the runner drops the older half of the
+    context when it fills and goes on, as Ollama 0.33's llama-server (`--context-shift`) does."""
+    reply = client.generate(
+        model="tiny", prompt="hello", raw=True, options={**GREEDY, "num_ctx": 128, "num_predict": 300}
+    )
+    assert (reply.done_reason, reply.eval_count) == ("length", 300)
+
+
+def test_generation_without_num_predict_stops_at_ten_contexts(client: ollama.Client) -> None:
+    """Ollama 0.33 ends a generation without num_predict at 10 x num_ctx tokens, done_reason "length"."""
+    reply = client.generate(model="tiny", prompt="hello", raw=True, options={**GREEDY, "num_ctx": 128})
+    assert (reply.done_reason, reply.eval_count) == ("length", 1280)

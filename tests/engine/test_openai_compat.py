@@ -392,18 +392,25 @@ def test_completion_request_errors(engine: EmbeddedEngine) -> None:
 
 
 def test_engine_error_before_the_stream_keeps_its_status(engine: EmbeddedEngine) -> None:
-    for path, body in (
-        ("/v1/completions", {"model": "oracle", "prompt": "hello the " * 400}),
+    unconvertible = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}
+    for path, body, status, text in (
+        ("/v1/completions", {"model": "missing", "prompt": "hi"}, 404, "model 'missing' not found"),
         (
             "/v1/chat/completions",
-            {"model": "oracle", "messages": [{"role": "user", "content": "hello the " * 400}]},
+            {
+                "model": "oracle",
+                "messages": [{"role": "user", "content": "hi"}],
+                "response_format": unconvertible,
+            },
+            400,
+            "JSON schema conversion failed:\\nUnrecognized schema",
         ),
     ):
         answer = post(engine, path, json={**body, "stream": True})
-        assert answer.status_code == 400 and answer.headers["content-type"] == "application/json"
+        assert answer.status_code == status and answer.headers["content-type"] == "application/json"
         error = answer.json()["error"]
-        assert error["type"] == "invalid_request_error"
-        assert "exceeds the available context size" in error["message"]
+        assert error["type"] == {400: "invalid_request_error", 404: "not_found_error"}[status]
+        assert text in error["message"], answer.text
 
 
 def test_error_after_the_stream_began_goes_in_band() -> None:

@@ -118,9 +118,10 @@ def test_options_merge_types_and_mapping() -> None:
     merged = merge_options({"temperature": 0.5, "stop": "x"}, {"num_predict": 7.0, "unknown": 1, "seed": 3})
     assert merged["temperature"] == 0.5 and merged["stop"] == ["x"] and merged["num_predict"] == 7
     assert "unknown" not in merged
-    fields = completion_fields(merged)
+    fields = completion_fields(merged, 2048)
     assert fields["n_predict"] == 7 and fields["seed"] == 3 and fields["min_p"] == 0.0
-    assert "seed" not in completion_fields(merge_options())
+    unlimited = completion_fields(merge_options(), 128)
+    assert "seed" not in unlimited and unlimited["n_predict"] == 1280  # Ollama's 10 x num_ctx
     for key, value, kind in [
         ("num_ctx", "big", "integer"),
         ("top_k", True, "integer"),
