@@ -109,7 +109,7 @@ def test_fewshot_prepends_held_out_examples_in_the_answer_format() -> None:
     assert not scored & {example.prompt for example in suite.fewshot}
     asked: list[str] = []
     outcome = run_quality_suite(
-        suite, suite.items[:2], model="m", ask=lambda _item, text, _: asked.append(text) or "Answer: 1",
+        suite, suite.items[:2], model="m", ask=lambda item, text, _: asked.append(text) or "Answer: 1",
         record=lambda record: None, threshold=0.5, generation=Generation(64, suite.stop, fewshot=2),
     )  # fmt: skip
     assert outcome.to_record()["fewshot"] == 2 and all(text.count("Question: ") == 3 for text in asked)
@@ -130,7 +130,7 @@ def test_wilson_interval_and_the_threshold_verdict() -> None:
     suite = load_suite("math")
     right = {suite.format_prompt(item): f"Answer: {item.answer}" for item in suite.items[:25]}
     outcome = run_quality_suite(
-        suite, suite.items, model="m", ask=lambda _i, text, _: right.get(text, "no"), record=lambda r: None,
+        suite, suite.items, model="m", ask=lambda item, text, _: right.get(text, "no"), record=lambda r: None,
         threshold=0.5,
     )  # fmt: skip
     assert not outcome.passed and outcome.verdict == "below, within noise", outcome.summary_line()
@@ -169,7 +169,7 @@ def test_suite_files_with_a_bad_budget_or_a_scored_fewshot_example_are_refused(t
         load_suite(path)
     message = str(caught.value)
     for problem in (
-        "'num_predict' must be an integer >= 1",
+        "'num_predict' must be a positive integer",
         "'stop' must be a list",
         "fewshot example #2: prompt and answer must be non-empty",
         "fewshot example #1 is a scored item",

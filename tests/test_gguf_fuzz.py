@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.gguf.broken import HOSTILE_U32, HOSTILE_U64, Mutation, apply_mutations
-from harness.gguf.check import CODES, CheckReport, check_gguf
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import CODES, CheckReport
 from harness.gguf.spec import ModelSpec
 from harness.testing.helpers import mutation_seeds
 

@@ -120,3 +120,25 @@ def test_generate_is_greedy_and_repeatable(good_model: Path) -> None:
     first = llamacpp.generate(good_model, "hello the", n_predict=6, timeout=60)
     second = llamacpp.generate(good_model, "hello the", n_predict=6, timeout=60)
     assert first == second and first.n_tokens == 6
+
+
+def test_judge_files_survives_an_abort_in_the_middle_of_a_batch(good_model: Path, tmp_path: Path) -> None:
+    plan = _tiny_plan()
+    plan.kvs["llama.block_count"] = KV(0, GGUFValueType.UINT32)
+    aborts = write_gguf(plan, tmp_path / "zero-blocks.gguf").path
+    plan = _tiny_plan()
+    del plan.kvs["llama.context_length"]
+    refused = write_gguf(plan, tmp_path / "no-ctx.gguf").path
+    paths = [good_model, aborts, good_model, refused, tmp_path / "missing.gguf", good_model]
+    verdicts = llamacpp.judge_files(paths, batch=10, timeout=60)
+    assert [v.path for v in verdicts] == [str(p) for p in paths]
+    assert [v.ok for v in verdicts] == [True, False, True, False, False, True]
+    assert verdicts[0].text == verdicts[2].text == verdicts[5].text  # greedy, whatever came before
+    assert verdicts[1].cause is not None and "GGML_ASSERT" in verdicts[1].cause
+    assert verdicts[3].cause == "key not found in model: llama.context_length"
+
+
+def test_judge_files_kills_a_hung_child(good_model: Path) -> None:
+    verdicts = llamacpp.judge_files([good_model, good_model], batch=2, timeout=0.01)
+    assert verdicts[0].cause is not None and "timed out" in verdicts[0].cause
+    assert len(verdicts) == 2

@@ -1,5 +1,5 @@
-"""Ollama's API handlers (the `Engine` service): request parsing, the scheduler and runners, NDJSON streaming,
-error texts. The route table that serves them is `routes.py`."""
+"""Ollama's API handlers (the `Engine` service): request parsing, the scheduler and runners, error texts.
+The shapes of the answers are `answers.py`; the route table that serves the handlers is `routes.py`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,22 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from harness import __version__
+from harness.engine.answers import (
+    combine_generation,
+    logprobs,
+    modelfile_text,
+    now,
+    parameters_text,
+    rendered_only,
+    respond,
+)
 from harness.engine.capabilities import check_request, model_capabilities
 from harness.engine.config import EngineConfig, parse_keep_alive
 from harness.engine.create import ModelCreator, model_details
@@ -32,8 +39,6 @@ from harness.engine.options import (
 from harness.engine.prompt import ollama_template, render_chat, render_generate
 from harness.engine.routing import (
     ApiError,
-    error_body,
-    error_response,
 )
 from harness.engine.runner import RunnerDiedError, RunnerLoadError, RunnerRequestError
 from harness.engine.scheduler import LoadedModel, LoadOptions, ModelRequest, QueueFullError, Scheduler
@@ -58,13 +63,8 @@ log = logging.getLogger("harness.engine")
 OLLAMA_API_LEVEL = "0.33.0"
 # Semver with build metadata: compares equal to the Ollama API level it follows, and names this engine.
 ENGINE_VERSION = f"{OLLAMA_API_LEVEL}+harness.{__version__}"
-NDJSON = "application/x-ndjson"
 # A rewrite of a completion's stream of chunks (thinking and tool calls parsed out of the text).
 Reshape = Callable[[AsyncGenerator[dict[str, Any], None]], AsyncGenerator[dict[str, Any], None]]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat()
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -89,41 +89,6 @@ def _parse_name(value: Any, *, required_message: str = "model is required") -> M
         raise ApiError(400, "invalid model name") from None
 
 
-async def _respond(
-    events: AsyncGenerator[dict[str, Any], None],
-    stream: bool,
-    combine: Callable[[list[dict[str, Any]]], dict[str, Any]],
-) -> Response:
-    """NDJSON when streaming (errors before the first line get their status, later ones go in-band);
-    otherwise one JSON object built by `combine`, errors with their status."""
-    if not stream:
-        collected = []
-        try:
-            async for event in events:
-                collected.append(event)
-        except ApiError as error:
-            return error_response(error.status, error.message)
-        return JSONResponse(combine(collected))
-    try:
-        first = await events.__anext__()
-    except StopAsyncIteration:
-        return Response(b"", media_type=NDJSON)
-    except ApiError as error:
-        return error_response(error.status, error.message)
-
-    async def lines() -> AsyncIterator[bytes]:
-        yield json.dumps(first).encode() + b"\n"
-        try:
-            async for event in events:
-                yield json.dumps(event).encode() + b"\n"
-        except ApiError as error:
-            yield json.dumps(error_body(error.message)).encode() + b"\n"
-        finally:
-            await events.aclose()
-
-    return StreamingResponse(lines(), media_type=NDJSON)
-
-
 def _context_tokens(value: Any) -> list[int]:
     """A generate request's `context` (token ids; absent means none), as Go decodes `[]int`."""
     if value is None:
@@ -133,59 +98,11 @@ def _context_tokens(value: Any) -> list[int]:
     return value
 
 
-def _check_top_logprobs(body: dict[str, Any]) -> None:
+def _check_toplogprobs(body: dict[str, Any]) -> None:
     """Ollama's first check of a generate or chat body."""
     top = body.get("top_logprobs") or 0
     if isinstance(top, int) and not 0 <= top <= 20:
         raise ApiError(400, "top_logprobs must be between 0 and 20")
-
-
-def _logprobs(event: dict[str, Any], top: int) -> list[dict[str, Any]]:
-    """Ollama's `logprobs` of one runner event: token, logprob and bytes of each sampled token, with its
-    `top` most likely alternatives when `top` > 0 (llama-server's `completion_probabilities`)."""
-
-    def entry(probability: dict[str, Any]) -> dict[str, Any]:
-        token = {"token": probability.get("token", ""), "logprob": probability.get("logprob", 0.0)}
-        return {**token, "bytes": probability["bytes"]} if probability.get("bytes") else token
-
-    converted = []
-    for probability in event.get("completion_probabilities") or []:
-        item = entry(probability)
-        if top > 0:
-            item["top_logprobs"] = [entry(p) for p in (probability.get("top_logprobs") or [])[:top]]
-        converted.append(item)
-    return converted
-
-
-def _rendered_only(body: dict[str, Any], empty: dict[str, Any], prompt: str) -> dict[str, Any]:
-    """Ollama's answer to `_debug_render_only`: the rendered prompt, nothing generated."""
-    return {
-        "model": body["model"],
-        "created_at": _now(),
-        **empty,
-        "done": False,
-        "_debug_info": {"rendered_template": prompt},
-    }
-
-
-def _combine_generation(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    final = dict(chunks[-1])
-    if any("logprobs" in chunk for chunk in chunks):
-        final["logprobs"] = [item for chunk in chunks for item in chunk.get("logprobs", [])]
-    if "message" in final:
-        final["message"] = {**final["message"], "content": "".join(c["message"]["content"] for c in chunks)}
-        calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
-        if calls:
-            final["message"]["tool_calls"] = calls
-        thinking = "".join(c["message"].get("thinking", "") for c in chunks)
-        if thinking:
-            final["message"] = {**final["message"], "thinking": thinking}
-    else:
-        final["response"] = "".join(c.get("response", "") for c in chunks)
-        thinking = "".join(c.get("thinking", "") for c in chunks)
-        if thinking:
-            final["thinking"] = thinking
-    return final
 
 
 class Engine:
@@ -373,8 +290,8 @@ class Engine:
             if layer.media_type == MEDIA_LICENSE
         ]
         answer: dict[str, Any] = {
-            "modelfile": _modelfile_text(manifest, model_path, template, system, parameters, licenses),
-            "parameters": _parameters_text(parameters),
+            "modelfile": modelfile_text(manifest, model_path, template, system, parameters, licenses),
+            "parameters": parameters_text(parameters),
             "template": template or "{{ .Prompt }}",
             "details": model_details(config),
             "model_info": info.model_info(verbose=bool(body.get("verbose"))),
@@ -442,14 +359,14 @@ class Engine:
         body = await _body(request)
         name = self.creator.check_request(body)
         events = self.creator.create(name, body)
-        return await _respond(events, body.get("stream", True) is not False, lambda chunks: chunks[-1])
+        return await respond(events, body.get("stream", True) is not False, lambda chunks: chunks[-1])
 
     async def generate(self, request: Request) -> Response:
         return await self.handle_generate(await _body(request))
 
     async def handle_generate(self, body: dict[str, Any]) -> Response:
         """/api/generate for an already parsed request body (the OpenAI layer calls this too)."""
-        _check_top_logprobs(body)
+        _check_toplogprobs(body)
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
@@ -479,7 +396,7 @@ class Engine:
             except ValueError as error:
                 raise ApiError(500, f"template error: {error}") from None
         if body.get("_debug_render_only"):
-            return JSONResponse(_rendered_only(body, {"response": ""}, text))
+            return JSONResponse(rendered_only(body, {"response": ""}, text))
         context = None if body.get("raw") else _context_tokens(body.get("context"))
         reshape = self._output_parsers(manifest, text, think, [], chat=False)
         return await self._run(
@@ -491,7 +408,7 @@ class Engine:
 
     async def handle_chat(self, body: dict[str, Any]) -> Response:
         """/api/chat for an already parsed request body (the OpenAI layer calls this too)."""
-        _check_top_logprobs(body)
+        _check_toplogprobs(body)
         raw_name = str(body.get("model") or "")
         name = _parse_name(raw_name)
         manifest = self._manifest(name, raw_name)
@@ -521,7 +438,7 @@ class Engine:
         except ValueError as error:
             raise ApiError(500, f"template error: {error}") from None
         if body.get("_debug_render_only"):
-            return JSONResponse(_rendered_only(body, {"message": {"role": "", "content": ""}}, text))
+            return JSONResponse(rendered_only(body, {"message": {"role": "", "content": ""}}, text))
         reshape = self._output_parsers(manifest, text, think, tools, chat=True)
         return await self._run(manifest, body, text, message, reshape=reshape)
 
@@ -560,7 +477,7 @@ class Engine:
         self, manifest: Manifest, body: dict[str, Any], empty: dict[str, Any]
     ) -> Response:
         keep_alive_s = self._keep_alive(body)
-        answer = {"model": body["model"], "created_at": _now(), **empty, "done": True}
+        answer = {"model": body["model"], "created_at": now(), **empty, "done": True}
         if keep_alive_s == 0:
             await self.scheduler.unload_when_idle(manifest.name.key())
             return JSONResponse({**answer, "done_reason": "unload"})
@@ -644,18 +561,18 @@ class Engine:
                             continue  # Ollama sends no chunk for a piece without text (the end token's)
                         chunk = {
                             "model": model_name,
-                            "created_at": _now(),
+                            "created_at": now(),
                             **wrap(event.get("content", "")),
                             "done": False,
                         }
                         if top_logprobs >= 0:
-                            chunk["logprobs"] = _logprobs(event, top_logprobs)
+                            chunk["logprobs"] = logprobs(event, top_logprobs)
                         yield chunk
                         continue
                     timings = event.get("timings", {})
                     final = {
                         "model": model_name,
-                        "created_at": _now(),
+                        "created_at": now(),
                         **wrap(event.get("content", "")),
                         "done": True,
                         "done_reason": "length" if event.get("stop_type") == "limit" else "stop",
@@ -680,7 +597,7 @@ class Engine:
                 await self.scheduler.release(model)
 
         chunks = events() if reshape is None else reshape(events())
-        return await _respond(chunks, body.get("stream", True) is not False, _combine_generation)
+        return await respond(chunks, body.get("stream", True) is not False, combine_generation)
 
     async def _fit_prompt(
         self, model: LoadedModel, text: str, num_ctx: int, options: dict[str, Any]
@@ -703,37 +620,3 @@ class Engine:
 
     async def shutdown(self) -> None:
         await self.scheduler.shutdown()
-
-
-def _parameters_text(parameters: dict[str, Any]) -> str:
-    lines = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            lines.append(f"{key:<30} {json.dumps(item) if isinstance(item, str) else item}")
-    return "\n".join(lines)
-
-
-def _modelfile_text(
-    manifest: Manifest,
-    model_path: Path,
-    template: str | None,
-    system: str | None,
-    parameters: dict[str, Any],
-    licenses: list[str],
-) -> str:
-    lines = [
-        '# Modelfile generated by "ollama show"',
-        "# To build a new Modelfile based on this, replace FROM with:",
-        f"# FROM {manifest.name}",
-        "",
-        f"FROM {model_path}",
-    ]
-    if template:
-        lines.append(f'TEMPLATE """{template}"""')
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            lines.append(f"PARAMETER {key} {json.dumps(item) if isinstance(item, str) else item}")
-    lines.extend(f'LICENSE """{text}"""' for text in licenses)
-    return "\n".join(lines) + "\n"

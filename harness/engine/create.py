@@ -31,6 +31,7 @@ from harness.engine.store import (
 )
 from harness.errors import HarnessError
 from harness.gguf.check import check_gguf
+from harness.gguf.findings import loads_but_wrong
 from harness.gguf.llamacpp import trial_load
 from harness.gguf.reader import read_gguf_header
 from harness.modelfile.gotemplate import parse_template
@@ -250,12 +251,15 @@ DEEP_CHECK_MAX_BYTES = 2 << 30
 
 
 def _validation_failure(path: Path) -> str | None:
-    """The GGUF checker's error findings, else llama.cpp's cause from a trial load (in a subprocess),
-    else None: the file is valid."""
+    """The GGUF checker's error findings that llama.cpp refuses too, else llama.cpp's cause from a trial
+    load (in a subprocess), else None: the file is valid. Errors llama.cpp loads anyway (an out-of-range
+    special token id, a chat template that fails one conversation...: check.LOADS_BUT_WRONG) do not stop a
+    create, as they do not stop Ollama's."""
 
     report = check_gguf(path, deep=path.stat().st_size <= DEEP_CHECK_MAX_BYTES)
-    if not report.ok:
-        return "; ".join(finding.message for finding in report.errors)
+    refused = [finding for finding in report.errors if not loads_but_wrong(finding)]
+    if refused:
+        return "; ".join(finding.message for finding in refused)
     result = trial_load(path, n_ctx=256, timeout=120.0)
     if not result.ok:
         return result.cause or f"llama.cpp could not load the file (exit status {result.returncode})"

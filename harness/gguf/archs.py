@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
 
-from gguf.constants import MODEL_ARCH_NAMES
-
 LLAMA_MAX_LAYERS = 512
+INT32_MAX = 2**31 - 1
+MIN_CONTEXT = 8  # a context_length below this cannot hold a prompt and a reply
 
 U32 = ("u32",)
 F32 = ("f32",)
@@ -46,6 +47,7 @@ class KeyRule:
     hparam: str | None = None
     default: str | None = None  # expression used when the key is missing
     why: str = ""  # what llama.cpp does when the key is missing
+    read_by_llamacpp: bool = True  # False: llama.cpp never reads it, so a wrong type is only a warning
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class ArchRule:
     derived: tuple[tuple[str, str], ...] = ()  # (hparam, expression), evaluated after the keys
     checks: tuple[Consistency, ...] = ()
     tensors: tuple[TensorRule, ...] | None = None  # None: tensors are not checked by name and shape
+    shapes: tuple[TensorRule, ...] | None = None  # without `tensors`: shapes of the tensors present only
     needs_tokenizer: bool = True
     llm_keys: bool = True  # COMMON_KEYS apply
     note: str = ""  # shown as an info finding (e.g. an architecture llama.cpp itself does not load)
@@ -91,6 +94,8 @@ class TokenizerRule:
     name: str
     needs_merges: bool = False
     byte_tokens: bool = False  # SentencePiece byte fallback: <0x00>..<0xFF> must exist
+    decodes_byte_tokens: bool = True  # False: llama.cpp aborts on a BYTE-type token (token_to_byte)
+    has_vocab: bool = True  # False: llama.cpp cannot tokenize text with it
 
 
 # Keys every file may carry, with the types llama.cpp reads them as.
@@ -98,7 +103,7 @@ GENERAL_KEYS: tuple[KeyRule, ...] = (
     KeyRule("general.architecture", STR, required=True, why="llama.cpp: unknown model architecture: ''"),
     KeyRule("general.alignment", U32),
     KeyRule("general.file_type", U32),
-    KeyRule("general.quantization_version", U32),
+    KeyRule("general.quantization_version", U32, read_by_llamacpp=False),
     KeyRule("general.name", STR),
     KeyRule("tokenizer.ggml.model", STR),
     KeyRule("tokenizer.ggml.pre", STR),
@@ -193,10 +198,17 @@ BASIC_CHECKS: tuple[Consistency, ...] = (
     ),
     Consistency(
         "bad-hparam",
-        "n_ctx_train >= 1",
-        "{arch}.context_length is {n_ctx_train}; it should be the training context (at least 1)",
+        f"n_ctx_train >= {MIN_CONTEXT}",
+        "{arch}.context_length is {n_ctx_train}; llama.cpp caps its context at it, so it cannot hold a "
+        "prompt and a reply (0 aborts: GGML_ASSERT(n_ctx > 0))",
         "set {arch}.context_length to the model's training context length",
-        severity="warning",
+    ),
+    Consistency(
+        "bad-hparam",
+        f"n_ctx_train <= {INT32_MAX}",
+        "{arch}.context_length is {n_ctx_train}, above 2^31-1: llama.cpp reads it into a signed 32-bit "
+        "context size, which turns negative (GGML_ASSERT(n_ctx > 0) at the first request)",
+        "set {arch}.context_length to the model's training context length",
     ),
 )
 
@@ -240,10 +252,26 @@ ROPE_CHECKS: tuple[Consistency, ...] = (
 EPS_CHECKS: tuple[Consistency, ...] = (
     Consistency(
         "bad-hparam",
-        "norm_rms_eps > 0",
-        "{arch}.attention.layer_norm_rms_epsilon is {norm_rms_eps}; it should be a small positive number",
+        "norm_rms_eps >= 0",
+        "{arch}.attention.layer_norm_rms_epsilon is {norm_rms_eps}: llama.cpp aborts at the first decode "
+        "(GGML_ASSERT(eps >= 0.0f))",
+        "set it to the model's rms_norm_eps (e.g. 1e-5)",
+    ),
+    Consistency(
+        "bad-hparam",
+        "norm_rms_eps != 0",
+        "{arch}.attention.layer_norm_rms_epsilon is 0; it should be a small positive number",
         "set it to the model's rms_norm_eps (e.g. 1e-5)",
         severity="warning",
+    ),
+)
+LAYER_NORM_EPS_CHECKS: tuple[Consistency, ...] = (
+    Consistency(
+        "bad-hparam",
+        "norm_eps >= 0",
+        "{arch}.attention.layer_norm_epsilon is {norm_eps}: llama.cpp aborts at the first decode "
+        "(GGML_ASSERT(eps >= 0.0f))",
+        "set it to the model's layer_norm_eps (e.g. 1e-5)",
     ),
 )
 
@@ -308,6 +336,12 @@ QWEN2_TENSORS: tuple[TensorRule, ...] = (
     TensorRule("blk.{i}.ffn_up.weight", ("n_embd", "n_ff")),
 )
 
+QWEN3_TENSORS: tuple[TensorRule, ...] = (
+    *(rule for rule in QWEN2_TENSORS if not rule.name.endswith(".bias")),
+    TensorRule("blk.{i}.attn_q_norm.weight", ("n_embd_head_k",)),
+    TensorRule("blk.{i}.attn_k_norm.weight", ("n_embd_head_k",)),
+)
+
 GEMMA3_TENSORS: tuple[TensorRule, ...] = (
     *_IO_TENSORS,
     TensorRule("blk.{i}.attn_norm.weight", ("n_embd",)),
@@ -327,6 +361,20 @@ GEMMA3_TENSORS: tuple[TensorRule, ...] = (
 
 DECODER_CHECKS = BASIC_CHECKS + ATTENTION_CHECKS + ROPE_CHECKS
 
+# Keys some architectures require beyond the common ones (llama.cpp: key not found in model ...).
+EXPERT_FF = KeyRule("{arch}.expert_feed_forward_length", U32, True, why="key not found in model")
+SLIDING_WINDOW = KeyRule("{arch}.attention.sliding_window", U32, True, why="key not found in model")
+ROPE_SECTIONS = KeyRule(
+    "{arch}.rope.dimension_sections", ("arr[i32]", "arr[u32]"), True, why="key not found in model"
+)
+HAS_EXPERTS = Consistency(
+    "bad-hparam",
+    "n_expert > 0",
+    "{arch}.expert_count is {n_expert}: this architecture is a mixture of experts and llama.cpp refuses a "
+    "model without experts",
+    "set {arch}.expert_count and expert_used_count, or use the architecture the weights follow",
+)
+
 
 def _decoder(
     name: str,
@@ -335,30 +383,62 @@ def _decoder(
     extra_keys: tuple[KeyRule, ...] = (),
     checks: tuple[Consistency, ...] = DECODER_CHECKS,
     tensors: tuple[TensorRule, ...] | None = None,
+    shapes: tuple[TensorRule, ...] | None = None,
     dense_ffn: bool = True,
     note: str = "",
 ) -> ArchRule:
     keys = (HEAD_COUNT, eps, *((FEED_FORWARD,) if dense_ffn else ()), *extra_keys)
-    eps_checks = EPS_CHECKS if eps is RMS_EPS else ()
-    return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, note=note)
+    eps_checks = EPS_CHECKS if eps is RMS_EPS else LAYER_NORM_EPS_CHECKS
+    return ArchRule(name, keys, ATTENTION_GEOMETRY, checks + eps_checks, tensors, shapes, note=note)
 
+
+_LLAMA_SHAPED = ("refact", "minicpm", "llama-embed", "smollm3", "xverse", "internlm2", "exaone", "ernie4_5")
+# Mixture-of-experts architectures whose expert feed-forward length llama.cpp requires.
+_EXPERT_FF_ARCHS = ("dots1", "ernie4_5-moe", "mimo2", "step35", "deepseek2-ocr", "afmoe", "deepseek")
 
 ARCH_RULES: dict[str, ArchRule] = {
     rule.name: rule
     for rule in (
         _decoder("llama", checks=(*DECODER_CHECKS, N_ROT_CHECK), tensors=LLAMA_TENSORS),
-        _decoder("mistral3"),
-        _decoder("llama4", dense_ffn=False),
+        # llama.cpp loads these with llama's own code (llama_model::load_tensors: LLM_ARCH_LLAMA's case)
+        _decoder("mistral3", tensors=LLAMA_TENSORS),
+        _decoder("llama4", dense_ffn=False, extra_keys=(EXPERT_FF,)),
         _decoder("qwen2", tensors=QWEN2_TENSORS),
-        _decoder("qwen3"),
+        _decoder("qwen3", tensors=QWEN3_TENSORS),
+        _decoder("qwen2vl", extra_keys=(ROPE_SECTIONS,)),
+        _decoder("qwen3vl", extra_keys=(ROPE_SECTIONS,)),
         _decoder("qwen2moe", dense_ffn=False),
         _decoder("qwen3moe", dense_ffn=False),
         _decoder("gemma"),
         _decoder("gemma2"),
         _decoder("gemma3", tensors=GEMMA3_TENSORS),
         _decoder("phi3"),
+        _decoder(
+            "granite",
+            extra_keys=tuple(
+                KeyRule(f"{{arch}}.{name}", F32, True, why="key not found in model")
+                for name in ("logit_scale", "residual_scale", "embedding_scale", "attention.scale")
+            ),
+            tensors=LLAMA_TENSORS,
+        ),
+        # Nemotron (deci): llama's tensors, but a block may leave out attention or feed-forward, so only the
+        # shapes of the tensors present are checked (with per-block head counts they are not known here).
+        _decoder("deci", shapes=LLAMA_TENSORS),
+        # Architectures llama.cpp loads with llama's tensors and graph checks (it runs the llama fixture moved
+        # to them: scripts/differential_campaign.py --sweep-architectures).
+        *(
+            _decoder(name, checks=(*DECODER_CHECKS, N_ROT_CHECK), tensors=LLAMA_TENSORS)
+            for name in _LLAMA_SHAPED
+        ),
         _decoder("deepseek2", dense_ffn=False),
         _decoder("gpt-oss", dense_ffn=False),
+        *(_decoder(name, dense_ffn=False, extra_keys=(EXPERT_FF,)) for name in _EXPERT_FF_ARCHS),
+        *(_decoder(name, checks=(*DECODER_CHECKS, HAS_EXPERTS)) for name in ("grok", "smallthinker")),
+        *(
+            _decoder(name, extra_keys=(SLIDING_WINDOW,))
+            for name in ("gemma3n", "exaone-moe", "gemma-embedding")
+        ),
+        *(_decoder(name, eps=LAYER_NORM_EPS) for name in ("stablelm", "orion")),
         _decoder("command-r", eps=LAYER_NORM_EPS),
         _decoder("starcoder2", eps=LAYER_NORM_EPS),
         _decoder("falcon", eps=LAYER_NORM_EPS, checks=(*DECODER_CHECKS, N_ROT_CHECK)),
@@ -376,26 +456,177 @@ ARCH_RULES: dict[str, ArchRule] = {
 # them; llama.cpp expects them in a separate mmproj file and refuses the extra tensors).
 EMBEDDED_TOWER_PREFIXES = ("v.", "mm.", "a.")
 
-# Every architecture llama.cpp (of the gguf-py release installed) knows, plus those only Ollama runs.
-KNOWN_ARCHITECTURES: frozenset[str] = frozenset(MODEL_ARCH_NAMES.values()) | frozenset(ARCH_RULES)
+# Every architecture llama.cpp knows: gguf-py's MODEL_ARCH_NAMES, copied so that a check need not import
+# gguf-py (start-up time); tests/test_gguf_types.py asserts the copy equals the installed gguf-py's.
+LLAMACPP_ARCHITECTURES: frozenset[str] = frozenset(
+    (
+        "afmoe",
+        "apertus",
+        "arcee",
+        "arctic",
+        "arwkv7",
+        "baichuan",
+        "bailingmoe",
+        "bailingmoe2",
+        "bert",
+        "bitnet",
+        "bloom",
+        "chameleon",
+        "chatglm",
+        "clip",
+        "codeshell",
+        "cogvlm",
+        "cohere2",
+        "command-r",
+        "dbrx",
+        "deci",
+        "deepseek",
+        "deepseek2",
+        "deepseek2-ocr",
+        "dots1",
+        "dream",
+        "ernie4_5",
+        "ernie4_5-moe",
+        "eurobert",
+        "exaone",
+        "exaone-moe",
+        "exaone4",
+        "falcon",
+        "falcon-h1",
+        "gemma",
+        "gemma-embedding",
+        "gemma2",
+        "gemma3",
+        "gemma3n",
+        "gemma4",
+        "glm-dsa",
+        "glm4",
+        "glm4moe",
+        "gpt-oss",
+        "gpt2",
+        "gptj",
+        "gptneox",
+        "granite",
+        "granitehybrid",
+        "granitemoe",
+        "grok",
+        "grovemoe",
+        "hunyuan-dense",
+        "hunyuan-moe",
+        "hunyuan_vl",
+        "internlm2",
+        "jais",
+        "jais2",
+        "jamba",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "kimi-linear",
+        "lfm2",
+        "lfm2moe",
+        "llada",
+        "llada-moe",
+        "llama",
+        "llama-embed",
+        "llama4",
+        "maincoder",
+        "mamba",
+        "mamba2",
+        "mimo2",
+        "minicpm",
+        "minicpm3",
+        "minimax-m2",
+        "mistral3",
+        "mistral4",
+        "modern-bert",
+        "mpt",
+        "nemotron",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "neo-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "olmo",
+        "olmo2",
+        "olmoe",
+        "openelm",
+        "orion",
+        "paddleocr",
+        "pangu-embedded",
+        "phi2",
+        "phi3",
+        "phimoe",
+        "plamo",
+        "plamo2",
+        "plamo3",
+        "plm",
+        "qwen",
+        "qwen2",
+        "qwen2moe",
+        "qwen2vl",
+        "qwen3",
+        "qwen35",
+        "qwen35moe",
+        "qwen3moe",
+        "qwen3next",
+        "qwen3vl",
+        "qwen3vlmoe",
+        "refact",
+        "rnd1",
+        "rwkv6",
+        "rwkv6qwen2",
+        "rwkv7",
+        "seed_oss",
+        "smallthinker",
+        "smollm3",
+        "stablelm",
+        "starcoder",
+        "starcoder2",
+        "step35",
+        "t5",
+        "t5encoder",
+        "wavtokenizer-dec",
+        "xverse",
+    )
+)
+# ... plus those only Ollama runs.
+KNOWN_ARCHITECTURES: frozenset[str] = LLAMACPP_ARCHITECTURES | frozenset(ARCH_RULES)
 
 TOKENIZER_RULES: dict[str, TokenizerRule] = {
     rule.name: rule
     for rule in (
         TokenizerRule("llama", byte_tokens=True),
-        TokenizerRule("gpt2", needs_merges=True),
-        TokenizerRule("gemma4", needs_merges=True),
-        TokenizerRule("bert"),
+        TokenizerRule("gpt2", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("gemma4", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("bert", decodes_byte_tokens=False),
         TokenizerRule("t5"),
         TokenizerRule("rwkv"),
         TokenizerRule("plamo2"),
-        TokenizerRule("hybriddna"),
-        TokenizerRule("whitespace"),
-        TokenizerRule("no_vocab"),
-        TokenizerRule("none"),
+        TokenizerRule("hybriddna", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("whitespace", needs_merges=True, decodes_byte_tokens=False),
+        TokenizerRule("no_vocab", has_vocab=False),
+        TokenizerRule("none", has_vocab=False),
         TokenizerRule("test"),
     )
 }
+
+
+def tensor_base_name(name: str) -> str:
+    """A tensor's name as gguf-py's TENSOR_NAMES write it: block number as {bid}, no .weight/.bias."""
+    base = re.sub(r"^blk\.\d+\.", "blk.{bid}.", name)
+    return base.rsplit(".", 1)[0] if base.endswith((".weight", ".bias")) else base
+
+
+@functools.lru_cache(maxsize=32)
+def gguf_py_tensor_names(architecture: str) -> frozenset[str] | None:
+    """The tensors gguf-py's MODEL_TENSORS lists for `architecture` (base names), or None if it has none."""
+    # gguf-py (and numpy) are imported here only: a check of an architecture with rules here must not pay
+    # their import time.
+    from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
+    arch = next((a for a, n in MODEL_ARCH_NAMES.items() if n == architecture), None)
+    if arch is None or arch not in MODEL_TENSORS:
+        return None
+    return frozenset(TENSOR_NAMES[t] for t in MODEL_TENSORS[arch])
 
 
 def rules_for(architecture: str) -> ArchRule:

@@ -159,6 +159,42 @@ def _shorten_scores(plan: GGUFPlan, spec: ModelSpec) -> None:
     _set_array(plan, "tokenizer.ggml.scores", _token_array(plan, "tokenizer.ggml.scores")[:-5])
 
 
+INVALID_UTF8_NAME = b"tiny \xff\xfe model"  # 0xFF can never appear in UTF-8
+
+
+def _invalid_utf8_name(plan: GGUFPlan, spec: ModelSpec) -> None:
+    plan.kvs["general.name"] = KV(INVALID_UTF8_NAME, GGUFValueType.STRING)
+
+
+def _eos_beyond_vocab(plan: GGUFPlan, spec: ModelSpec) -> None:
+    n_tokens = len(_token_array(plan, "tokenizer.ggml.tokens"))
+    plan.kvs["tokenizer.ggml.eos_token_id"] = KV(n_tokens + 10, GGUFValueType.UINT32)
+
+
+def _chat_template(text: str) -> PlanEdit:
+    def edit(plan: GGUFPlan, spec: ModelSpec) -> None:
+        plan.kvs["tokenizer.chat_template"] = KV(text, GGUFValueType.STRING)
+
+    return edit
+
+
+# A template that renders nothing of the conversation: it raises for any conversation with a system message.
+FAILING_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+)
+UNSAFE_TEMPLATE = (
+    "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+)
+# U+202E RIGHT-TO-LEFT OVERRIDE hides the role prefix from a reader of the template.
+HIDDEN_UNICODE_TEMPLATE = "{% for m in messages %}\u202e{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+UNKNOWN_TOKEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 # ------------------------------------------------------------------------------------------- file edits
 
 
@@ -182,6 +218,11 @@ def _mid_kv_section(path: Path, plan: GGUFPlan) -> int:
 def _bad_magic(path: Path, plan: GGUFPlan) -> None:
     with open(path, "r+b") as handle:
         handle.write(b"GGXF")
+
+
+def _append_garbage(path: Path, plan: GGUFPlan) -> None:
+    with open(path, "ab") as handle:
+        handle.write(b"\x00GARBAGE" * 16)
 
 
 # ---------------------------------------------------------------------------------------------- kinds
@@ -307,6 +348,55 @@ BROKEN_KINDS: dict[str, BrokenKind] = {
             "empty-file",
             "failed to read magic",
             edit_file=_truncate_to(lambda path, plan: 0),
+        ),
+        BrokenKind(
+            "invalid-utf8-name",
+            "general.name holds the byte 0xFF, which is never valid UTF-8",
+            "invalid-utf8",
+            None,
+            edit_plan=_invalid_utf8_name,
+        ),
+        BrokenKind(
+            "trailing-bytes",
+            "128 bytes appended after the last tensor's data",
+            "trailing-bytes",
+            None,
+            edit_file=_append_garbage,
+        ),
+        BrokenKind(
+            "eos-beyond-vocab",
+            "tokenizer.ggml.eos_token_id is 10 past the last token",
+            "bad-special-token",
+            None,
+            edit_plan=_eos_beyond_vocab,
+        ),
+        BrokenKind(
+            "template-fails",
+            "the chat template raises for a conversation with a system message",
+            "template-error",
+            None,
+            edit_plan=_chat_template(FAILING_TEMPLATE),
+        ),
+        BrokenKind(
+            "template-unsafe",
+            "the chat template walks messages.__class__.__mro__ to __subclasses__()",
+            "template-unsafe",
+            "chat template parsing error",  # llama-server renders the template at start-up: it fails
+            edit_plan=_chat_template(UNSAFE_TEMPLATE),
+        ),
+        BrokenKind(
+            "template-hidden-unicode",
+            "the chat template holds U+202E RIGHT-TO-LEFT OVERRIDE",
+            "template-hidden-unicode",
+            None,
+            edit_plan=_chat_template(HIDDEN_UNICODE_TEMPLATE),
+        ),
+        BrokenKind(
+            "template-unknown-token",
+            "the chat template emits <|im_start|>/<|im_end|>, which the vocab lacks",
+            "template-unknown-token",
+            None,
+            edit_plan=_chat_template(UNKNOWN_TOKEN_TEMPLATE),
         ),
         BrokenKind(
             "nan-weights",

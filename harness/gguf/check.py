@@ -7,35 +7,45 @@ keys...). Every finding has a stable code, listed in `CODES` below with its defa
 
 Codes (see `CODES` for the full descriptions):
   file structure:  empty-file, bad-magic, bad-version, truncated-header, bad-counts, truncated-kv, bad-kv,
-                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key
-  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length
+                   value-too-large, truncated-tensor-info, bad-tensor-info, duplicate-key, invalid-utf8
+  data layout:     data-beyond-eof, bad-alignment, duplicate-tensor, bad-tensor-type, bad-row-length,
+                   trailing-bytes
   architecture:    missing-architecture, unknown-architecture, no-arch-rules, arch-note
   keys:            missing-key, wrong-type
   hyperparameters: zero-blocks, bad-head-count, bad-rope-dims, odd-head-dim, bad-hparam
   tokenizer:       missing-tokenizer, unknown-tokenizer, tokenizer-length-mismatch, duplicate-token,
-                   missing-byte-tokens, missing-merges, bad-special-token
+                   missing-byte-tokens, missing-merges, tokenizer-mismatch, bad-special-token
   tensors:         vocab-size-mismatch, missing-tensor, wrong-shape, unexpected-tensor
   data (--deep):   non-finite-weights, deep-skipped
+  chat template:   template-error, template-unsafe, template-hidden-unicode, template-unknown-token,
+                   template-mismatch (with a Modelfile's Go TEMPLATE)
+
+Whether a file the checker passes really loads is tested against llama.cpp itself:
+harness/gguf/differential.py judges structured mutants of valid fixtures both ways; errors llama.cpp does
+not refuse are listed, with the reason, in `LOADS_BUT_WRONG`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf.quants import dequantize
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from harness.gguf import archs
 from harness.gguf.archs import ArchRule, HParams, KeyRule, Unknown
+from harness.gguf.check_tokenizer import TokenizerChecks
+from harness.gguf.findings import (
+    CODES,
+    MAX_FINDINGS_PER_CODE,
+    CheckReport,
+    Finding,
+    Severity,
+    printable,
+)
 from harness.gguf.reader import (
     DEFAULT_LIMITS,
     ArrayValue,
@@ -45,200 +55,32 @@ from harness.gguf.reader import (
     open_regular_file,
     read_gguf_header,
 )
+from harness.gguf.types import F32 as F32_TYPE
+from harness.gguf.types import GGML_TYPES
 
-Severity = Literal["error", "warning", "info"]
-
-
-@dataclass(frozen=True)
-class CodeInfo:
-    """A finding code: its default severity, its rank (lower = closer to the root cause), what it means."""
-
-    severity: Severity
-    rank: int
-    description: str
-
-
-CODES: dict[str, CodeInfo] = {
-    # 0: the file's structure; nothing after such a problem can be trusted
-    "empty-file": CodeInfo("error", 0, "the file has 0 bytes"),
-    "bad-magic": CodeInfo("error", 0, "the file does not start with the bytes 'GGUF'"),
-    "bad-version": CodeInfo("error", 0, "GGUF version is not 2 or 3 (or the file is big-endian)"),
-    "truncated-header": CodeInfo(
-        "error", 0, "the file ends inside the fixed header (magic, version, counts)"
-    ),
-    "bad-counts": CodeInfo("error", 0, "the header's tensor or key/value count cannot fit in the file"),
-    "truncated-kv": CodeInfo("error", 0, "the file ends inside the key/value section"),
-    "bad-kv": CodeInfo("error", 0, "a key/value pair has an invalid value type (or an array of arrays)"),
-    "value-too-large": CodeInfo(
-        "error", 0, "a value is beyond what any real model holds (the checker stops)"
-    ),
-    "truncated-tensor-info": CodeInfo("error", 0, "the file ends inside the tensor info section"),
-    "bad-tensor-info": CodeInfo(
-        "error", 0, "a tensor info has a bad name length, dimension count or dimension"
-    ),
-    "duplicate-key": CodeInfo("error", 0, "a metadata key appears more than once"),
-    # 1: where the tensor data is
-    "data-beyond-eof": CodeInfo(
-        "error", 1, "tensor data extends beyond the end of the file (file cut short)"
-    ),
-    "bad-alignment": CodeInfo(
-        "error", 1, "general.alignment is not a power-of-two u32, or tensor offsets are misaligned/not packed"
-    ),
-    "duplicate-tensor": CodeInfo("error", 1, "two tensors have the same name"),
-    "bad-tensor-type": CodeInfo("error", 1, "a tensor's ggml type is unknown or no longer supported"),
-    "bad-row-length": CodeInfo(
-        "error", 1, "a quantized tensor's row length is not a multiple of its block size"
-    ),
-    # 2: which architecture
-    "missing-architecture": CodeInfo("error", 2, "general.architecture is missing"),
-    "unknown-architecture": CodeInfo(
-        "error", 2, "general.architecture names an architecture llama.cpp lacks"
-    ),
-    "no-arch-rules": CodeInfo(
-        "info", 2, "llama.cpp knows the architecture; the checker only has generic rules"
-    ),
-    "arch-note": CodeInfo(
-        "info", 2, "a remark about the architecture (e.g. only Ollama's own engine runs it)"
-    ),
-    # 3: keys
-    "missing-key": CodeInfo("error", 3, "a key the architecture requires is missing"),
-    "wrong-type": CodeInfo("error", 3, "a key has another GGUF type than llama.cpp reads (e.g. i32 for u32)"),
-    # 4: hyperparameters
-    "zero-blocks": CodeInfo("error", 4, "block_count is 0 or above 512 (llama.cpp aborts)"),
-    "bad-head-count": CodeInfo("error", 4, "head counts are 0, do not divide the embedding or each other"),
-    "bad-rope-dims": CodeInfo(
-        "error", 4, "rope.dimension_count differs from the head size (llama: invalid n_rot)"
-    ),
-    "odd-head-dim": CodeInfo("error", 4, "the RoPE dimension is odd (llama.cpp aborts at the first decode)"),
-    "bad-hparam": CodeInfo("error", 4, "a hyperparameter is out of range (zero embedding, bad RoPE base...)"),
-    # 5: tokenizer
-    "missing-tokenizer": CodeInfo("error", 5, "tokenizer.ggml.model or tokenizer.ggml.tokens is missing"),
-    "unknown-tokenizer": CodeInfo("error", 5, "tokenizer.ggml.model names a tokenizer llama.cpp lacks"),
-    "tokenizer-length-mismatch": CodeInfo(
-        "error", 5, "scores or token_type is shorter (or longer) than tokens"
-    ),
-    "duplicate-token": CodeInfo("error", 5, "the same token string appears twice (llama.cpp aborts)"),
-    "missing-byte-tokens": CodeInfo(
-        "error", 5, "a SentencePiece ('llama') vocab lacks byte tokens <0x00>..<0xFF>"
-    ),
-    "missing-merges": CodeInfo("error", 5, "a BPE ('gpt2') tokenizer has no tokenizer.ggml.merges"),
-    "bad-special-token": CodeInfo("warning", 5, "a special token id (bos, eos...) is outside the vocabulary"),
-    # 6: tensors
-    "vocab-size-mismatch": CodeInfo("error", 6, "the embedding/output rows differ from the number of tokens"),
-    "missing-tensor": CodeInfo("error", 6, "a tensor the architecture needs is missing"),
-    "wrong-shape": CodeInfo("error", 6, "a tensor's shape differs from the one the hyperparameters imply"),
-    "unexpected-tensor": CodeInfo(
-        "error", 6, "a tensor the architecture does not use (llama.cpp: wrong number)"
-    ),
-    # 7: tensor values (--deep)
-    "non-finite-weights": CodeInfo("error", 7, "a tensor holds NaN or Inf values (--deep)"),
-    "deep-skipped": CodeInfo(
-        "info", 7, "--deep could not read some tensors' values (type without dequantizer)"
-    ),
-}
-
-MAX_FINDINGS_PER_CODE = 12
-_DEEP_CHUNK_ELEMENTS = 1 << 20
-_NO_VOCAB_TOKENIZERS = ("no_vocab", "none")
+_BYTE_TOKEN_TYPE = 6  # llama_token_type LLAMA_TOKEN_TYPE_BYTE
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One problem found: a stable `code`, its severity, a message with expected and actual, a hint."""
+class GoTemplate:
+    """The prompt Ollama builds from a Modelfile's TEMPLATE (and SYSTEM) for the chat template audit's
+    standard conversation (`chat_template.STANDARD_CONVERSATION`), or why it could not build one."""
 
-    code: str
-    severity: Severity
-    message: str
-    hint: str
-    key: str | None = None
-    tensor: str | None = None
-
-    def format(self) -> str:
-        return f"{self.severity:<7} {self.code}: {self.message}\n        hint: {self.hint}"
-
-
-@dataclass
-class CheckReport:
-    """What `check_gguf` found in one file, plus a summary of what the file is."""
-
-    path: Path
-    file_size: int
-    findings: list[Finding]
-    architecture: str | None = None
-    version: int | None = None
-    tensor_count: int | None = None
-    kv_count: int | None = None
-    model_name: str | None = None
-    n_vocab: int | None = None
-    hparams: dict[str, Any] = field(default_factory=dict)
-    deep: bool = False
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        """True when no finding is an error (warnings and infos allowed)."""
-        return not self.errors
-
-    def codes(self) -> list[str]:
-        """Codes of all findings, in report order (root cause first)."""
-        return [f.code for f in self.findings]
-
-    def summary_line(self) -> str:
-        n_err, n_warn = len(self.errors), len(self.warnings)
-        verdict = "OK" if self.ok else "FAIL"
-        what = ", ".join(
-            part
-            for part in (
-                f"arch {self.architecture}" if self.architecture else None,
-                f"{self.tensor_count} tensors" if self.tensor_count is not None else None,
-                f"{self.file_size:,} bytes",
-            )
-            if part
-        )
-        first = f"; first: {self.errors[0].code}" if self.errors else ""
-        return f"{self.path}: {verdict}: {n_err} error(s), {n_warn} warning(s) ({what}){first}"
-
-    def format_text(self) -> str:
-        lines = [finding.format() for finding in self.findings]
-        lines.append(self.summary_line())
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "ok": self.ok,
-            "file_size": self.file_size,
-            "version": self.version,
-            "architecture": self.architecture,
-            "model_name": self.model_name,
-            "tensor_count": self.tensor_count,
-            "kv_count": self.kv_count,
-            "n_vocab": self.n_vocab,
-            "hparams": self.hparams,
-            "deep": self.deep,
-            "errors": len(self.errors),
-            "warnings": len(self.warnings),
-            "findings": [asdict(f) for f in self.findings],
-            "summary": self.summary_line(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str)
+    prompt: str | None
+    error: str | None = None
 
 
 def check_gguf(
-    path: str | os.PathLike[str], *, deep: bool = False, limits: ReadLimits = DEFAULT_LIMITS
+    path: str | os.PathLike[str],
+    *,
+    deep: bool = False,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    go_template: GoTemplate | None = None,
 ) -> CheckReport:
-    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all."""
+    """Check the GGUF file at `path`; raises `GGUFReadError` only when it cannot be opened at all.
+    With `go_template`, the chat template's prompt is compared with the one Ollama builds from it."""
     header = read_gguf_header(path, limits)
-    return _Checker(header, deep).run()
+    return _Checker(header, deep, go_template).run()
 
 
 # ------------------------------------------------------------------------------------------- internals
@@ -248,25 +90,16 @@ def _pad(n: int, alignment: int) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
-def _printable(text: str) -> str:
-    """`text` without lone surrogates (undecodable bytes from the file become \\udcXX escapes)."""
-    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
-
-
-def _short(text: object, limit: int = 60) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
-
-
 class _SafeFormat(dict[str, object]):
     def __missing__(self, name: str) -> str:
         return "?"
 
 
-class _Checker:
-    def __init__(self, header: GGUFHeader, deep: bool) -> None:
+class _Checker(TokenizerChecks):
+    def __init__(self, header: GGUFHeader, deep: bool, go_template: GoTemplate | None = None) -> None:
         self.header = header
         self.deep = deep
+        self.go_template = go_template
         self.findings: list[Finding] = []
         self.hparams = HParams()
         self.arch: str | None = None
@@ -283,15 +116,17 @@ class _Checker:
         key: str | None = None,
         tensor: str | None = None,
         severity: Severity | None = None,
+        offset: int | None = None,
     ) -> None:
         self.findings.append(
             Finding(
                 code,
                 severity or CODES[code].severity,
-                _printable(message),
-                _printable(hint),
-                None if key is None else _printable(key),
-                None if tensor is None else _printable(tensor),
+                printable(message),
+                printable(hint),
+                None if key is None else printable(key),
+                None if tensor is None else printable(tensor),
+                offset,
             )
         )
 
@@ -304,7 +139,14 @@ class _Checker:
     def run(self) -> CheckReport:
         header = self.header
         for problem in header.problems:
-            self.add(problem.code, problem.message, problem.hint, key=problem.key, tensor=problem.tensor)
+            self.add(
+                problem.code,
+                problem.message,
+                problem.hint,
+                key=problem.key,
+                tensor=problem.tensor,
+                offset=problem.offset,
+            )
         if header.complete:
             self.check_layout()
         if header.kv_complete:
@@ -316,6 +158,8 @@ class _Checker:
                 self.check_tensors()
         if self.deep and header.complete:
             self.check_values()
+        if header.kv_complete:
+            self.check_chat_template()
         return self.report()
 
     def report(self) -> CheckReport:
@@ -412,6 +256,8 @@ class _Checker:
             end = header.data_offset + tensor.offset + nbytes
             if end > header.file_size:
                 beyond.append((tensor, end))
+        if offsets_ok and not beyond:
+            self._check_trailing_bytes(header.data_offset + expected_offset)
         if beyond:
             first, first_end = beyond[0]
             needed = max(end for _, end in beyond)
@@ -424,6 +270,20 @@ class _Checker:
                 f"({needed - header.file_size:,} missing, {len(beyond)} tensor(s) affected)",
                 "the file is cut short (interrupted download or copy, full disk): fetch or build it again",
                 tensor=first.name,
+            )
+
+    def _check_trailing_bytes(self, data_end: int) -> None:
+        """`data_end`: where the last tensor's data ends, padded to the alignment."""
+        header = self.header
+        extra = header.file_size - data_end
+        if extra > 0:
+            self.add(
+                "trailing-bytes",
+                f"the file has {extra:,} bytes after the end of the last tensor's data (offset "
+                f"{data_end:,}); llama.cpp ignores them",
+                "the file was appended to or concatenated with another one: rebuild it, or cut it at "
+                f"{data_end:,} bytes if the extra bytes are known garbage",
+                offset=data_end,
             )
 
     # ------------------------------------------------------------------------------------ architecture
@@ -477,7 +337,7 @@ class _Checker:
             arch_keys = (*archs.COMMON_KEYS, *self.rule.keys) if self.rule.llm_keys else self.rule.keys
             for rule in arch_keys:
                 key = rule.key.format(arch=self.arch)
-                rules[key] = KeyRule(key, rule.types, rule.required, rule.hparam, rule.default, rule.why)
+                rules[key] = dataclasses.replace(rule, key=key)
         return list(rules.values())
 
     def check_keys(self) -> None:
@@ -508,6 +368,7 @@ class _Checker:
                     f"{rule.types[0]})",
                     f"store {rule.key} as {rule.types[0]} (gguf's typed adders: add_uint32, add_float32...)",
                     key=rule.key,
+                    severity=None if rule.read_by_llamacpp else "warning",
                 )
         self._collect_hparams(wrong_typed)
 
@@ -566,151 +427,29 @@ class _Checker:
                 self.add("bad-hparam", f"{key} is {value}, not a finite number", "store a finite value")
 
     # ------------------------------------------------------------------------------------- tokenizer
-    def check_tokenizer(self) -> None:
-        kvs = self.header.kvs
-        has_tokenizer_keys = any(k.startswith("tokenizer.ggml.") for k in kvs)
-        if (self.rule is not None and not self.rule.needs_tokenizer) and not has_tokenizer_keys:
-            return
-        model_entry = kvs.get("tokenizer.ggml.model")
-        tokens_entry = kvs.get("tokenizer.ggml.tokens")
-        if model_entry is None:
-            self.add(
-                "missing-tokenizer",
-                "tokenizer.ggml.model is missing: the file has no tokenizer "
-                "(llama.cpp: key not found in model: tokenizer.ggml.model)",
-                "convert the model together with its tokenizer (convert_hf_to_gguf.py reads "
-                "tokenizer.model or tokenizer.json); a SentencePiece vocab needs model 'llama', "
-                "tokens, scores, "
-                "token_type",
-                key="tokenizer.ggml.model",
-            )
-            return
-        model = model_entry.value
-        if not isinstance(model, str):
-            return
-        tokenizer = archs.TOKENIZER_RULES.get(model)
-        if tokenizer is None:
-            self.add(
-                "unknown-tokenizer",
-                f"tokenizer.ggml.model is {model!r}, which llama.cpp does not know "
-                f"(llama.cpp: unknown tokenizer: '{model}')",
-                f"use one of {', '.join(sorted(archs.TOKENIZER_RULES))} "
-                "('llama' for SentencePiece, 'gpt2' for BPE)",
-                key="tokenizer.ggml.model",
-            )
-            return
-        if model in _NO_VOCAB_TOKENIZERS:
-            return
-        if tokens_entry is None or not isinstance(tokens_entry.value, ArrayValue):
-            if tokens_entry is None:
-                self.add(
-                    "missing-tokenizer",
-                    "tokenizer.ggml.tokens is missing (llama.cpp: cannot find tokenizer vocab in model file)",
-                    "write the token list as tokenizer.ggml.tokens (array of strings)",
-                    key="tokenizer.ggml.tokens",
-                )
-            return
-        tokens = tokens_entry.value
-        self._check_token_arrays(tokens.length)
-        if isinstance(tokens.items, list):
-            self._check_token_strings(tokens.items, tokenizer)
-        if tokenizer.needs_merges and "tokenizer.ggml.merges" not in kvs:
-            self.add(
-                "missing-merges",
-                f"tokenizer.ggml.model is '{model}' (BPE) but tokenizer.ggml.merges is missing "
-                "(llama.cpp: cannot find tokenizer merges in model file)",
-                "write the BPE merges from tokenizer.json as tokenizer.ggml.merges",
-                key="tokenizer.ggml.merges",
-            )
-        self._check_special_ids(tokens.length)
-        vocab_size = self.hparams.values.get("vocab_size_key")
-        if isinstance(vocab_size, int) and vocab_size != tokens.length:
-            self.add(
-                "vocab-size-mismatch",
-                f"{self.arch}.vocab_size is {vocab_size} but tokenizer.ggml.tokens has "
-                f"{tokens.length} tokens",
-                f"set {self.arch}.vocab_size to {tokens.length} or remove it",
-                key=f"{self.arch}.vocab_size",
-                severity="warning",
-            )
-
-    def _check_token_arrays(self, n_tokens: int) -> None:
-        for key, name in (("tokenizer.ggml.scores", "scores"), ("tokenizer.ggml.token_type", "token_type")):
-            entry = self.header.kvs.get(key)
-            if entry is None or not isinstance(entry.value, ArrayValue) or entry.value.length == n_tokens:
-                continue
-            length = entry.value.length
-            shorter = length < n_tokens
-            self.add(
-                "tokenizer-length-mismatch",
-                f"{key} has {length} entries but tokenizer.ggml.tokens has {n_tokens}"
-                + (
-                    f" (llama.cpp: Index out of array bounds for {name} ({length} < {n_tokens}))"
-                    if shorter
-                    else ""
-                ),
-                f"write exactly one {name} entry per token",
-                key=key,
-                severity="error" if shorter else "warning",
-            )
-
-    def _check_token_strings(self, tokens: list[str], tokenizer: archs.TokenizerRule) -> None:
-        distinct = set(tokens)
-        distinct.discard("")  # llama.cpp renames empty tokens to [EMPTY_i]
-        duplicates: list[tuple[str, int, int]] = []
-        if len(distinct) != len(tokens) - tokens.count(""):
-            first_id: dict[str, int] = {}
-            for index, token in enumerate(tokens):
-                previous = first_id.setdefault(token, index) if token else index
-                if previous != index:
-                    duplicates.append((token, previous, index))
-        if duplicates:
-            shown = ", ".join(f"{_short(tok, 30)} at ids {a} and {b}" for tok, a, b in duplicates[:5])
-            self.add(
-                "duplicate-token",
-                f"tokenizer.ggml.tokens has {len(duplicates)} duplicate token(s): {shown} "
-                "(llama.cpp aborts: GGML_ASSERT(id_to_token.size() == token_to_id.size()))",
-                "make every token string unique (rename or drop the duplicates, and the matching rows of "
-                "token_embd/output)",
-                key="tokenizer.ggml.tokens",
-            )
-        if tokenizer.byte_tokens:
-            missing = [b for b in range(256) if f"<0x{b:02X}>" not in distinct]
-            if missing:
-                self.add(
-                    "missing-byte-tokens",
-                    f"the SentencePiece vocab lacks {len(missing)} of the 256 byte tokens <0x00>..<0xFF> "
-                    f"(first missing: <0x{missing[0]:02X}>); text with characters outside the vocab fails at "
-                    "request time in llama.cpp (_Map_base::at)",
-                    "add all 256 byte tokens '<0xXX>' with token_type BYTE (6)",
-                    key="tokenizer.ggml.tokens",
-                    severity="error" if len(missing) == 256 else "warning",
-                )
-
-    def _check_special_ids(self, n_tokens: int) -> None:
-        for key in archs.SPECIAL_TOKEN_KEYS:
-            value = self.header.value(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= n_tokens:
-                self.add(
-                    "bad-special-token",
-                    f"{key} is {value}, outside the vocabulary of {n_tokens} tokens "
-                    "(llama.cpp warns 'bad special token' and uses its default id)",
-                    f"set {key} to the id of that token in tokenizer.ggml.tokens",
-                    key=key,
-                )
-
-    # --------------------------------------------------------------------------------------- tensors
     def check_tensors(self) -> None:
         rule = self.rule
-        if rule is None or rule.tensors is None:
+        if rule is None:
             return
+        if rule.llm_keys:
+            self._check_tensor_types()
+        if rule.tensors is None:
+            if rule.llm_keys and self.arch in archs.LLAMACPP_ARCHITECTURES:
+                self._check_tensor_names_from_gguf_py()
+            if rule.shapes is not None:
+                self._check_tensor_rules(rule.shapes, complete=False)
+            return
+        self._check_tensor_rules(rule.tensors, complete=True)
+
+    def _check_tensor_rules(self, rules: tuple[archs.TensorRule, ...], *, complete: bool) -> None:
+        """Shapes of the tensors `rules` name; when the rules are `complete`, also missing and unexpected
+        tensors."""
         n_layer = self.hparams.values.get("n_layer")
         if not isinstance(n_layer, int) or not 1 <= n_layer <= archs.LLAMA_MAX_LAYERS:
             return  # reported as zero-blocks / missing-key; per-block names cannot be listed
         by_name = {t.name: t for t in self.header.tensors}
         allowed: set[str] = set()
-        towers = 0
-        for tensor_rule in rule.tensors:
+        for tensor_rule in rules:
             layers: Iterable[int | None] = range(n_layer) if "{i}" in tensor_rule.name else (None,)
             for layer in layers:
                 name = tensor_rule.name.format(i=layer)
@@ -723,6 +462,8 @@ class _Checker:
                     continue
                 allowed.add(name)
                 tensor = by_name.get(name)
+                if tensor is None and not complete:
+                    continue
                 if tensor is None:
                     alternative = tensor_rule.unless.format(i=layer) if tensor_rule.unless else None
                     if tensor_rule.required and not (alternative and alternative in by_name):
@@ -735,8 +476,20 @@ class _Checker:
                         )
                     continue
                 self._check_shape(tensor, tensor_rule.shape)
+        if complete:
+            self._report_unexpected(lambda name: name in allowed)
+
+    def _check_tensor_names_from_gguf_py(self) -> None:
+        """For an architecture without tensor rules here: every tensor must be one gguf-py lists for it."""
+        assert self.arch is not None
+        known = archs.gguf_py_tensor_names(self.arch)
+        if known is not None:
+            self._report_unexpected(lambda name: archs.tensor_base_name(name) in known)
+
+    def _report_unexpected(self, allowed: Callable[[str], bool]) -> None:
+        towers = 0
         for tensor in self.header.tensors:
-            if tensor.name in allowed:
+            if allowed(tensor.name):
                 continue
             if tensor.name.startswith(archs.EMBEDDED_TOWER_PREFIXES):
                 towers += 1
@@ -756,6 +509,28 @@ class _Checker:
                 "for llama.cpp, split the tower into a separate mmproj GGUF; for Ollama this is fine",
                 severity="warning",
             )
+
+    def _check_tensor_types(self) -> None:
+        for tensor in self.header.tensors:
+            known = GGML_TYPES.get(tensor.ggml_type)
+            if known is None:
+                continue  # reported as bad-tensor-type by check_layout
+            if known.is_integer:
+                self.add(
+                    "bad-tensor-type",
+                    f"tensor '{tensor.name}' has integer type {known.name}; model weights are float or "
+                    "quantized (llama.cpp fails to load it or crashes in the first matrix product)",
+                    "reconvert or requantize the model (llama-quantize); integer types hold no weights",
+                    tensor=tensor.name,
+                )
+            elif len(tensor.ne) == 1 and "norm" in tensor.name and known is not F32_TYPE:
+                self.add(
+                    "bad-tensor-type",
+                    f"norm tensor '{tensor.name}' has type {known.name}; llama.cpp multiplies by norm "
+                    "weights in F32 only (it aborts at the first decode)",
+                    "store 1-D tensors as F32 (convert_hf_to_gguf.py and llama-quantize do)",
+                    tensor=tensor.name,
+                )
 
     def _check_shape(self, tensor: TensorInfo, shape: tuple[str, ...]) -> None:
         try:
@@ -788,12 +563,43 @@ class _Checker:
             tensor=tensor.name,
         )
 
+    # ---------------------------------------------------------------------------------- chat template
+    def check_chat_template(self) -> None:
+        template = self.header.value("tokenizer.chat_template")
+        if not isinstance(template, str) or not template:
+            return
+        # jinja2 is imported only for files that carry a chat template (start-up time of a plain check).
+        from harness.gguf.chat_template import audit_chat_template, compare_with_go_template
+
+        tokens = self.header.value("tokenizer.ggml.tokens")
+        items = tokens.items if isinstance(tokens, ArrayValue) else None
+        vocab = items if isinstance(items, list) else None
+        specials = {"bos_token": "", "eos_token": ""}
+        for name, key in (
+            ("bos_token", "tokenizer.ggml.bos_token_id"),
+            ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ):
+            token_id = self.header.value(key)
+            if vocab is not None and isinstance(token_id, int) and 0 <= token_id < len(vocab):
+                specials[name] = vocab[token_id]
+        vocab_set = frozenset(vocab) if vocab is not None else None
+        for finding in audit_chat_template(template, vocab_set, **specials):
+            self.add(finding.code, finding.message, finding.hint, key="tokenizer.chat_template")
+        if self.go_template is not None:
+            mismatch = compare_with_go_template(
+                template, self.go_template.prompt, go_error=self.go_template.error, **specials
+            )
+            if mismatch is not None:
+                self.add(mismatch.code, mismatch.message, mismatch.hint, key="tokenizer.chat_template")
+
     # ----------------------------------------------------------------------------------- values (deep)
     def check_values(self) -> None:
         header = self.header
         assert header.data_offset is not None
         if header.byte_order != "<":
             return
+        from harness.gguf.values import count_non_finite  # numpy and gguf-py: imported for --deep only
+
         skipped: set[str] = set()
         handle, _ = open_regular_file(header.path)
         with handle:
@@ -801,12 +607,11 @@ class _Checker:
                 nbytes = tensor.nbytes
                 if nbytes is None or header.data_offset + tensor.offset + nbytes > header.file_size:
                     continue
-                qtype = GGMLQuantizationType(tensor.ggml_type)
-                if qtype.name.startswith("I") and not qtype.name.startswith("IQ"):
+                if GGML_TYPES[tensor.ggml_type].is_integer:
                     continue  # integer tensors cannot hold NaN
-                counts = self._scan_tensor(handle, tensor, qtype, header.data_offset)
+                counts = count_non_finite(handle, tensor, header.data_offset)
                 if counts is None:
-                    skipped.add(qtype.name)
+                    skipped.add(tensor.type_name)
                     continue
                 nan, inf = counts
                 if nan or inf:
@@ -825,29 +630,3 @@ class _Checker:
                 "not checked",
                 "gguf-py has no dequantizer for these types",
             )
-
-    @staticmethod
-    def _scan_tensor(
-        handle: Any, tensor: TensorInfo, qtype: GGMLQuantizationType, data_offset: int
-    ) -> tuple[int, int] | None:
-        block, type_size = GGML_QUANT_SIZES[qtype]
-        n_blocks = tensor.n_elements // block
-        blocks_per_chunk = max(1, _DEEP_CHUNK_ELEMENTS // block)
-        handle.seek(data_offset + tensor.offset)
-        nan = inf = 0
-        done = 0
-        while done < n_blocks:
-            count = min(blocks_per_chunk, n_blocks - done)
-            raw = handle.read(count * type_size)
-            if len(raw) < count * type_size:
-                break
-            data = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
-            try:
-                with np.errstate(all="ignore"):  # NaN/Inf in the scales is what we are counting
-                    values = dequantize(data, qtype)
-            except NotImplementedError:
-                return None
-            nan += int(np.count_nonzero(np.isnan(values)))
-            inf += int(np.count_nonzero(np.isinf(values)))
-            done += count
-        return nan, inf

@@ -1,14 +1,23 @@
-"""`harness gguf ...` sub-commands: `build` (here) and `check` (added by the checker's own function)."""
+"""`harness gguf ...` sub-commands: `build`, `check` and `fix`.
+
+Only what registering the arguments needs is imported at module level; each command imports its own
+machinery when it runs (start-up time: `harness gguf check` runs in pre-commit hooks and over folders).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from harness.gguf.build import build_gguf
+from harness.errors import GGUFReadError, HarnessError
 from harness.gguf.spec import list_profiles, load_profile
 from harness.gguf.types import TENSOR_TYPES
+
+if TYPE_CHECKING:
+    from harness.gguf.check import GoTemplate
+    from harness.gguf.findings import CheckReport
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +50,8 @@ def register_build(gguf_commands: Any) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from harness.gguf.build import build_gguf  # numpy and gguf-py: for this command only
+
     spec = load_profile(args.profile or args.spec)
     changes: dict[str, Any] = {}
     if args.type:
@@ -58,33 +69,120 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def register_check(gguf_commands: Any) -> None:
-    """`harness gguf check FILE [--json] [--deep]`: exit 0 no errors, 1 errors, 2 file unreadable."""
+    """`harness gguf check PATH... [--format text|json|sarif] [--deep] [--modelfile FILE]`: exit 0 no
+    errors, 1 errors, 2 a file unreadable (or bad options)."""
     parser = gguf_commands.add_parser(
         "check",
-        help="check any GGUF file for problems llama.cpp/Ollama would fail on",
-        description="Read a GGUF file's metadata (not its tensor data, unless --deep) and report every "
-        "problem found, root cause first, each with a code, the expected and actual values, and a hint. "
-        "Exit status: 0 no errors, 1 errors found, 2 the file cannot be read.",
+        help="check GGUF files for problems llama.cpp/Ollama would fail on",
+        description="Read GGUF files' metadata (not their tensor data, unless --deep) and report every "
+        "problem found, root cause first, each with a code, the expected and actual values, and a hint; "
+        "then one summary line per file. A folder is searched for *.gguf files (recursively). "
+        "Exit status: 0 no errors, 1 errors found, 2 a file cannot be read.",
     )
-    parser.add_argument("file", metavar="FILE", help="the .gguf file to check")
-    parser.add_argument("--json", action="store_true", help="print the report as a JSON object")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a .gguf file, or a folder of them")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json", "sarif"),
+        default="text",
+        help="text (default), json (one object; a 'files' list for several files) or sarif (SARIF 2.1.0)",
+    )
+    parser.add_argument("--json", action="store_true", help="the same as --format json")
     parser.add_argument("--deep", action="store_true", help="also read the tensor data: NaN/Inf values")
+    parser.add_argument(
+        "--modelfile",
+        metavar="FILE",
+        help="an Ollama Modelfile: check that its TEMPLATE builds the prompt the chat template builds",
+    )
     parser.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from harness.errors import GGUFReadError  # start-up: each sub-command imports what it runs
     from harness.gguf.check import check_gguf  # start-up: each sub-command imports what it runs
 
+    output = "json" if args.json else args.format
+    files = gguf_files(args.paths)
+    go_template = _go_template(args.modelfile, args) if args.modelfile else None
+    reports: list[CheckReport] = []
+    unreadable: list[tuple[str, str, str]] = []
+    single = len(args.paths) == 1 and len(files) == 1 and not Path(args.paths[0]).is_dir()
+    for path in files:
+        try:
+            report = check_gguf(path, deep=args.deep, go_template=go_template)
+        except GGUFReadError as error:
+            if single and output == "text":
+                raise
+            unreadable.append((str(path), error.message, error.hint))
+            if output == "text":
+                print(f"{path}: UNREADABLE: {error.message}\n        hint: {error.hint}", flush=True)
+            continue
+        reports.append(report)
+        if output == "text":
+            print(report.format_text(), flush=True)
+    if output == "text" and not single:
+        failed = sum(not r.ok for r in reports)
+        print(
+            f"checked {len(files)} file(s): {len(reports) - failed} OK, {failed} FAIL, "
+            f"{len(unreadable)} unreadable"
+        )
+    elif output == "json":
+        print(_json_output(reports, unreadable, single))
+    elif output == "sarif":
+        from harness.gguf.sarif import sarif_log
+
+        print(json.dumps(sarif_log(reports, unreadable), indent=2))
+    if unreadable:
+        return GGUFReadError.exit_code
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def gguf_files(paths: list[str]) -> list[Path]:
+    """The files named by `paths`: files as given, folders searched for *.gguf (sorted), in order."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.gguf") if p.is_file())
+            if not found:
+                raise HarnessError(f"no .gguf files in {path}", "give a .gguf file or a folder holding some")
+            files.extend(found)
+        else:
+            files.append(path)  # a missing file is reported by the checker, with the others
+    return files
+
+
+def _go_template(modelfile: str, args: argparse.Namespace) -> GoTemplate:
+    """The prompt Ollama builds from `modelfile`'s TEMPLATE for the chat template audit's conversation,
+    with the renderer the command line hands every command (the engine's prompt assembly)."""
+    from harness.gguf.chat_template import STANDARD_CONVERSATION
+    from harness.gguf.check import GoTemplate
+    from harness.modelfile.gotemplate import TemplateError
+    from harness.modelfile.parse import parse_modelfile
+
     try:
-        report = check_gguf(args.file, deep=args.deep)
-    except GGUFReadError as error:
-        if not args.json:
-            raise
-        print(json.dumps({"path": args.file, "ok": False, "error": error.message, "hint": error.hint}))
-        return error.exit_code
-    print(report.to_json() if args.json else report.format_text())
-    return 0 if report.ok else 1
+        text = Path(modelfile).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise HarnessError(
+            f"cannot read Modelfile {modelfile}: {error}", "give the path of a Modelfile"
+        ) from None
+    parsed = parse_modelfile(text)
+    if not parsed.template:
+        raise HarnessError(
+            f"Modelfile {modelfile} has no TEMPLATE to compare with the chat template",
+            "add a TEMPLATE, or leave out --modelfile",
+        )
+    try:
+        prompt = args.ollama_chat_prompt(parsed.template, list(STANDARD_CONVERSATION), parsed.system)
+    except TemplateError as error:
+        return GoTemplate(None, str(error))
+    return GoTemplate(prompt)
+
+
+def _json_output(reports: list[CheckReport], unreadable: list[tuple[str, str, str]], single: bool) -> str:
+    entries: list[dict[str, Any]] = [report.to_dict() for report in reports]
+    entries += [{"path": p, "ok": False, "error": m, "hint": h} for p, m, h in unreadable]
+    if single:
+        return json.dumps(entries[0], indent=2, default=str)
+    return json.dumps({"ok": all(e["ok"] for e in entries), "files": entries}, indent=2, default=str)
 
 
 def register_fix(gguf_commands: Any) -> None:
@@ -134,7 +232,6 @@ def register_fix(gguf_commands: Any) -> None:
 
 
 def run_fix(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from harness.gguf.fix_plan import FixOptions, plan_fix  # start-up: each sub-command imports what it runs
     from harness.gguf.fix_write import write_fix  # start-up: each sub-command imports what it runs

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.gguf.build import write_gguf_metadata
-from harness.gguf.check import CheckReport, Finding, check_gguf
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import CheckReport, Finding
 from harness.gguf.fix_repairs import Change, FixOptions, Repairs, TensorCopy, read_for_fix
 from harness.gguf.fix_values import FixOptionError
 from harness.gguf.plan import GGUF_HEADER_BYTES, KV, ggml_pad

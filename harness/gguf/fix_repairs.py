@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from harness.errors import GGUFReadError
 from harness.gguf import archs
 from harness.gguf.build import TensorLayout
-from harness.gguf.check import Finding
+from harness.gguf.findings import Finding
 from harness.gguf.fix_values import (
     HF_CONFIG_KEYS,
     TYPES_BY_NAME,

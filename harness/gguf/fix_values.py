@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from gguf import GGUFValueType
 
 from harness.errors import GGUFReadError, HarnessError
 from harness.gguf.plan import KV
 from harness.gguf.reader import TYPE_NAMES, ArrayValue, KVEntry
 
-TYPES_BY_NAME: dict[str, GGUFValueType] = {name: value_type for value_type, name in TYPE_NAMES.items()}
+TYPES_BY_NAME: dict[str, GGUFValueType] = {name: GGUFValueType(int(vt)) for vt, name in TYPE_NAMES.items()}
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "u8": (0, 2**8 - 1),
     "i8": (-(2**7), 2**7 - 1),
@@ -54,10 +53,11 @@ def kv_from_entry(entry: KVEntry) -> KV:
                 f"key {entry.key} holds {value.length:,} items, more than the fixer copies",
                 "the file is probably corrupt",
             )
-        if isinstance(value.items, np.ndarray):
-            return KV(value.items.tolist(), GGUFValueType.ARRAY, value.item_type)
-        return KV([_raw(item) for item in value.items], GGUFValueType.ARRAY, value.item_type)
-    return KV(_raw(value) if isinstance(value, str) else value, entry.type)
+        item_type = GGUFValueType(int(value.item_type))
+        if not isinstance(value.items, list):
+            return KV(value.items.tolist(), GGUFValueType.ARRAY, item_type)
+        return KV([_raw(item) for item in value.items], GGUFValueType.ARRAY, item_type)
+    return KV(_raw(value) if isinstance(value, str) else value, GGUFValueType(int(entry.type)))
 
 
 def _raw(text: str) -> str | bytes:

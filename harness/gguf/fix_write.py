@@ -17,7 +17,8 @@ from typing import IO
 
 from harness.errors import BuildError
 from harness.gguf.build import atomic_output, write_gguf_metadata
-from harness.gguf.check import CheckReport, check_gguf
+from harness.gguf.check import check_gguf
+from harness.gguf.findings import CheckReport
 from harness.gguf.fix_plan import FixPlan
 from harness.gguf.plan import ggml_pad
 

@@ -5,6 +5,10 @@ llama.cpp aborts the whole process on some bad files (GGML_ASSERT), and xllamacp
 `python -m harness.gguf.llamacpp load|generate|tokenize ...` as a child in its own process group, captures its
 stderr, extracts llama.cpp's cause line, kills the group on timeout, and never leaves a process behind.
 Generation is greedy (temperature 0, top_k 1), 2 threads, no prompt cache.
+
+`judge_files` gives llama.cpp's verdict (load, then a few greedy tokens) on many files with few children:
+one child takes a batch of files in turn and reports each before starting the next, so an abort or a hang
+costs only the file it happened on; the parent marks that file failed and starts a new child on the rest.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ from typing import Any
 from harness.errors import BuildError
 
 RESULT_MARKER = "HARNESS_LLAMACPP_RESULT "
+BEGIN_MARKER = "HARNESS_LLAMACPP_BEGIN "
+JUDGE_PROMPT = "hello the"
 N_THREADS = 2
 # The child keeps its server alive until os._exit: xllamacpp's Server destructor can block forever joining
 # its worker thread, so it must never run.
@@ -133,6 +142,108 @@ def tokenize(path: str | os.PathLike[str], text: str, *, timeout: float = 60.0) 
     return [int(t) for t in result["tokens"]]
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """llama.cpp's verdict on one file: `ok` when it loaded and generated; else `cause` says why not."""
+
+    path: str
+    ok: bool
+    cause: str | None
+    text: str | None = None
+
+
+def judge_files(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    n_predict: int = 3,
+    n_ctx: int = 128,
+    batch: int = 25,
+    timeout: float = 30.0,
+) -> list[Verdict]:
+    """llama.cpp's verdict on each of `paths` (load, then `n_predict` greedy tokens after a short prompt),
+    in order. Up to `batch` files share one child process; a file that aborts the child, or takes more
+    than `timeout` seconds, fails with that cause and the next child starts after it."""
+    names = [str(p) for p in paths]
+    verdicts: dict[int, Verdict] = {}
+    start = 0
+    while start < len(names):
+        chunk = names[start : start + batch]
+        done = _judge_chunk(chunk, n_predict, n_ctx, timeout)
+        for offset, verdict in enumerate(done):
+            verdicts[start + offset] = verdict
+        start += max(len(done), 1)
+    return [verdicts[i] for i in range(len(names))]
+
+
+def _judge_chunk(paths: list[str], n_predict: int, n_ctx: int, timeout: float) -> list[Verdict]:
+    """Verdicts for a prefix of `paths` from one child: every file it finished, then the one it died or
+    hung on (if any). Never empty: a child that dies before it starts the first file fails that file."""
+    args = ["judge", *paths, "--n-ctx", str(n_ctx), "--n-predict", str(n_predict)]
+    process = _spawn(args)
+    lines: queue.Queue[str | None] = queue.Queue()
+    stderr_parts: list[bytes] = []
+    readers = [
+        threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True),
+        threading.Thread(target=_read_all, args=(process.stderr, stderr_parts), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    results: list[dict[str, Any]] = []
+    begun = -1  # the last file the child started
+    deadline = time.monotonic() + timeout
+    failure: str | None = None
+    try:
+        while len(results) < len(paths):
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                failure = f"timed out after {timeout:g} s (child killed)"
+                break
+            if line is None:
+                break
+            if line.startswith(BEGIN_MARKER):
+                begun = int(line[len(BEGIN_MARKER) :])
+                deadline = time.monotonic() + timeout
+            elif line.startswith(RESULT_MARKER):
+                results.append(json.loads(line[len(RESULT_MARKER) :]))
+    finally:
+        _kill_group(process)
+        process.wait()
+        for reader in readers:
+            reader.join(timeout=5)
+    stderr = b"".join(stderr_parts).decode(errors="replace")
+    verdicts = []
+    for result in results:
+        index = int(result["index"])
+        if result["ok"]:
+            verdicts.append(Verdict(paths[index], True, None, result.get("text")))
+        else:
+            outcome = _ChildOutcome(result, _own_log(stderr, index), None, False)
+            verdicts.append(Verdict(paths[index], False, _failure_cause(outcome, timeout)))
+    if len(verdicts) < len(paths) and (begun == len(verdicts) or not verdicts):
+        index = len(verdicts)  # the file it died or hung on (a death between files blames none)
+        outcome = _ChildOutcome(None, _own_log(stderr, index), process.returncode, False)
+        verdicts.append(Verdict(paths[index], False, failure or _failure_cause(outcome, timeout)))
+    return verdicts
+
+
+def _own_log(stderr: str, index: int) -> str:
+    """The part of a judge child's stderr written while it worked on file `index`."""
+    own = stderr.split(f"{BEGIN_MARKER}{index}\n", 1)[-1]
+    return own.split(f"{BEGIN_MARKER}{index + 1}\n", 1)[0]
+
+
+def _read_lines(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put(raw.decode(errors="replace").rstrip("\n"))
+    lines.put(None)
+
+
+def _read_all(stream: Any, parts: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read(4096), b""):
+        parts.append(chunk)
+
+
 def _checked_result(outcome: _ChildOutcome, timeout: float, path: str | os.PathLike[str]) -> dict[str, Any]:
     if outcome.result is None or not outcome.result.get("ok"):
         raise BuildError(
@@ -156,10 +267,10 @@ def _failure_cause(outcome: _ChildOutcome, timeout: float) -> str:
     return f"llama.cpp process exited with status {code} and no cause on stderr"
 
 
-def _run_child(args: Sequence[str], timeout: float) -> _ChildOutcome:
-    command = [sys.executable, "-m", "harness.gguf.llamacpp", *args]
-    process = subprocess.Popen(
-        command,
+def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    """`python -m harness.gguf.llamacpp ARGS` in its own process group, stdout and stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.gguf.llamacpp", *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -167,6 +278,10 @@ def _run_child(args: Sequence[str], timeout: float) -> _ChildOutcome:
         # no gdb backtrace on GGML_ASSERT (it attaches a debugger and takes seconds)
         env={**os.environ, "OMP_NUM_THREADS": str(N_THREADS), "GGML_NO_BACKTRACE": "1"},
     )
+
+
+def _run_child(args: Sequence[str], timeout: float) -> _ChildOutcome:
+    process = _spawn(args)
     timed_out = False
     try:
         stdout, stderr = process.communicate(timeout=timeout)
@@ -218,6 +333,43 @@ def _server(path: str, n_ctx: int, n_predict: int = 16) -> Any:
     return server
 
 
+def _complete(server: Any, prompt: str, n_predict: int) -> dict[str, Any]:
+    reply = server.handle_completions(
+        {
+            "prompt": prompt,
+            "max_tokens": n_predict,
+            "temperature": 0.0,
+            "top_k": 1,
+            "cache_prompt": False,
+            "seed": 0,
+        }
+    )
+    if "error" in reply:
+        return {"ok": False, "error": reply["error"].get("message", str(reply["error"]))}
+    return {
+        "ok": True,
+        "text": reply["choices"][0]["text"],
+        "n_tokens": reply["usage"]["completion_tokens"],
+        "finish_reason": reply["choices"][0].get("finish_reason"),
+    }
+
+
+def _judge(paths: Sequence[str], n_ctx: int, n_predict: int) -> None:
+    """Child side of `judge_files`: load each file and complete the prompt, one result line per file."""
+    for index, path in enumerate(paths):
+        marker = f"{BEGIN_MARKER}{index}\n"
+        os.write(2, marker.encode())
+        sys.stdout.write(marker)
+        sys.stdout.flush()
+        try:
+            result = _complete(_server(path, n_ctx, n_predict), JUDGE_PROMPT, n_predict)
+        except RuntimeError:
+            result = {"ok": False}  # the cause is on stderr, after this file's marker
+        result["index"] = index
+        sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
 def _child(argv: Sequence[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m harness.gguf.llamacpp")
     parser.add_argument("action", choices=("load", "generate", "tokenize"))
@@ -244,28 +396,22 @@ def _child(argv: Sequence[str]) -> dict[str, Any]:
             timeout=30,
         )
         return {"ok": True, "tokens": response.json()["tokens"]}
-    reply = server.handle_completions(
-        {
-            "prompt": args.prompt,
-            "max_tokens": args.n_predict,
-            "temperature": 0.0,
-            "top_k": 1,
-            "cache_prompt": False,
-            "seed": 0,
-        }
-    )
-    if "error" in reply:
-        return {"ok": False, "error": reply["error"].get("message", str(reply["error"]))}
-    return {
-        "ok": True,
-        "text": reply["choices"][0]["text"],
-        "n_tokens": reply["usage"]["completion_tokens"],
-        "finish_reason": reply["choices"][0].get("finish_reason"),
-    }
+    return _complete(server, args.prompt, args.n_predict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    result = _child(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "judge":
+        parser = argparse.ArgumentParser(prog="python -m harness.gguf.llamacpp judge")
+        parser.add_argument("paths", nargs="+")
+        parser.add_argument("--n-ctx", type=int, default=128)
+        parser.add_argument("--n-predict", type=int, default=3)
+        args = parser.parse_args(argv[1:])
+        _judge(args.paths, args.n_ctx, args.n_predict)
+        sys.stderr.flush()
+        time.sleep(0.1)  # llama.cpp logs from a thread: let the last cause line reach stderr
+        os._exit(0)
+    result = _child(argv)
     sys.stdout.write(RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
     if _LIVE_SERVERS:

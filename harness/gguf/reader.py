@@ -6,28 +6,33 @@ big arrays are kept only up to fixed limits (`ReadLimits`). Where the structure 
 records a `ReadProblem` (with one of the checker's finding codes) instead of raising; what was read before the
 break is kept. Only a file that cannot be opened at all raises `GGUFReadError`.
 
-`gguf.GGUFReader` is not used: it memory-maps the file and raises raw numpy errors on hostile input.
+`gguf.GGUFReader` is not used: it memory-maps the file and raises raw numpy errors on hostile input. Nor is
+numpy or gguf-py imported at all (numeric arrays are `array.array`s): they would cost more start-up time than
+the whole check of a small file.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import stat
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
-
 from harness.errors import GGUFReadError
+from harness.gguf.types import DEFAULT_ALIGNMENT as GGUF_DEFAULT_ALIGNMENT
+from harness.gguf.types import GGML_TYPES
+from harness.gguf.types import ValueType as GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_TENSOR_DIMS = 4  # GGML_MAX_DIMS
 MAX_TENSOR_NAME_BYTES = 63  # GGML_MAX_NAME is 64 including the terminating NUL
 _CHUNK = 1 << 20
+MAX_BAD_UTF8_KEPT = 12  # strings with invalid UTF-8 reported one by one; the rest are counted
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "B",
@@ -46,7 +51,7 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, one byte of value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 
-TYPE_NAMES: dict[GGUFValueType, str] = {
+TYPE_NAMES: dict[int, str] = {
     GGUFValueType.UINT8: "u8",
     GGUFValueType.INT8: "i8",
     GGUFValueType.UINT16: "u16",
@@ -84,7 +89,7 @@ class ArrayValue:
 
     item_type: GGUFValueType
     length: int
-    items: list[str] | np.ndarray | None  # None: too big, summarised
+    items: list[str] | array.array | None  # None: too big, summarised (bools are bytes 0/1)
 
     def __len__(self) -> int:
         return self.length
@@ -120,17 +125,12 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        try:
-            return GGMLQuantizationType(self.ggml_type).name
-        except ValueError:
-            return f"type {self.ggml_type}"
+        known = GGML_TYPES.get(self.ggml_type)
+        return known.name if known else f"type {self.ggml_type}"
 
     @property
     def known_type(self) -> bool:
-        try:
-            return GGMLQuantizationType(self.ggml_type) in GGML_QUANT_SIZES
-        except ValueError:
-            return False
+        return self.ggml_type in GGML_TYPES
 
     @property
     def n_elements(self) -> int:
@@ -141,17 +141,16 @@ class TensorInfo:
 
     @property
     def block_size(self) -> int | None:
-        if not self.known_type:
-            return None
-        return GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)][0]
+        known = GGML_TYPES.get(self.ggml_type)
+        return known.block_size if known else None
 
     @property
     def nbytes(self) -> int | None:
         """Bytes of data, or None for an unknown type (python ints: no overflow on hostile shapes)."""
-        if not self.known_type:
+        known = GGML_TYPES.get(self.ggml_type)
+        if known is None:
             return None
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
-        return self.n_elements // block * type_size
+        return self.n_elements // known.block_size * known.type_size
 
 
 @dataclass(frozen=True)
@@ -213,6 +212,20 @@ class _Source:
         self.section = "header"
         self._buf = b""
         self._base = 0
+        self.bad_utf8: list[tuple[int, str]] = []  # (file offset of the first bad byte, what), the first few
+        self.bad_utf8_count = 0
+
+    def decode(self, data: bytes, offset: int, what: str, cut: bool = False) -> str:
+        """`data` (read at file `offset`) as text; bytes that are not UTF-8 become \\udcXX escapes and the
+        first bad byte is recorded (a string cut at the reader's limit may end inside a character)."""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if not (cut and error.reason == "unexpected end of data"):
+                self.bad_utf8_count += 1
+                if len(self.bad_utf8) < MAX_BAD_UTF8_KEPT:
+                    self.bad_utf8.append((offset + error.start, what))
+            return data.decode("utf-8", "surrogateescape")
 
     @property
     def remaining(self) -> int:
@@ -270,7 +283,13 @@ class _Source:
                 if keep:
                     start = offset + 8
                     stop = start + length if length <= limit else start + limit
-                    items.append(buf[start:stop].decode("utf-8", "surrogateescape"))
+                    try:
+                        items.append(buf[start:stop].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        where = self._base + start
+                        items.append(
+                            self.decode(buf[start:stop], where, f"item {done} of {what}", length > limit)
+                        )
                 offset += 8 + length
                 done += 1
             self.pos = self._base + offset
@@ -298,9 +317,10 @@ class _Source:
         if length > self.remaining:
             raise self.short(length, f"{what} ({length:,} bytes)")
         kept = min(length, limit)
+        offset = self.pos
         data = self.take(kept, what)
         self.skip(length - kept, what)
-        return data.decode("utf-8", errors="surrogateescape"), kept < length
+        return self.decode(data, offset, what, kept < length), kept < length
 
 
 _SECTION_NAMES = {"header": "header", "kv": "key/value section", "tensors": "tensor info section"}
@@ -455,8 +475,7 @@ class _Parser:
             src.skip(length * item_size, f"array '{key}'")
             return ArrayValue(item_type, length, None), False
         data = src.take(length * item_size, f"array '{key}'")
-        items = np.frombuffer(data, dtype=np.dtype(self.src.byte_order + fmt)).copy()
-        return ArrayValue(item_type, length, items), False
+        return ArrayValue(item_type, length, _numbers(data, fmt, self.src.byte_order)), False
 
     def _read_string_array(self, key: str, length: int) -> ArrayValue:
         src = self.src
@@ -540,6 +559,19 @@ class _Parser:
         return value
 
 
+def _numbers(data: bytes, fmt: str, byte_order: str) -> array.array:
+    """The numbers packed in `data` (struct format `fmt`, one item type, `byte_order` '<' or '>')."""
+    if fmt == "?":
+        fmt = "B"
+    items = array.array(fmt)
+    if items.itemsize != struct.calcsize(fmt):  # a platform where array's C types differ from struct's
+        return array.array(fmt, struct.unpack(f"{byte_order}{len(data) // struct.calcsize(fmt)}{fmt}", data))
+    items.frombytes(data)
+    if (byte_order == ">") != (sys.byteorder == "big"):
+        items.byteswap()
+    return items
+
+
 def open_regular_file(path: str | os.PathLike[str]) -> tuple[BinaryIO, int]:
     """Open `path` for reading; raises `GGUFReadError` if it is missing, not a regular file, or unreadable."""
     where = Path(path)
@@ -578,4 +610,24 @@ def read_gguf_header(path: str | os.PathLike[str], limits: ReadLimits = DEFAULT_
             raise GGUFReadError(
                 f"reading {path} failed: {error.strerror or error}", "check the disk and the file"
             ) from None
+        header.problems.extend(_bad_utf8_problems(parser.src))
     return header
+
+
+def _bad_utf8_problems(src: _Source) -> list[ReadProblem]:
+    hint = "GGUF strings must be UTF-8: rewrite the string (a converter bug, or the file is corrupt)"
+    problems = [
+        ReadProblem(
+            "invalid-utf8",
+            f"{what} is not valid UTF-8: first bad byte at file offset {offset:,} (0x{offset:x})",
+            hint,
+            offset=offset,
+        )
+        for offset, what in src.bad_utf8
+    ]
+    if src.bad_utf8_count > len(src.bad_utf8):
+        more = src.bad_utf8_count - len(src.bad_utf8)
+        problems.append(
+            ReadProblem("invalid-utf8", f"... and {more:,} more strings that are not UTF-8", hint)
+        )
+    return problems

@@ -248,11 +248,8 @@ def run_quality_suite(
     def run(name: str) -> Any:
         suite = load_suite(name)
         items = suite.items[: options.max_items] if options.max_items else suite.items
-        num_predict = options.num_predict_for(suite.name, suite.num_predict)
-        if any(item.schema is not None or item.tools for item in suite.items):
-            num_predict = max(num_predict, suite.num_predict)  # a JSON answer needs the room its schema takes
         generation = Generation(
-            num_predict=num_predict,
+            num_predict=options.num_predict_for(suite.name, suite.num_predict, bounded=suite.bounded_answers),
             stop=suite.stop,
             fewshot=options.fewshot,
         )

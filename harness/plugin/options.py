@@ -68,15 +68,18 @@ class SuiteOptions:
             return configured
         return suite_default if suite_default is not None else DEFAULT_THRESHOLDS.get(suite, 0.5)
 
-    def num_predict_for(self, suite: str, suite_default: int) -> int:
+    def num_predict_for(self, suite: str, suite_default: int, *, bounded: bool = False) -> int:
         """Tokens per answer of `suite`: --num-predict, else harness.toml `[suites] num_predict`, else the
-        suite file's `num_predict` (`FIXTURE_NUM_PREDICT` at most on a fixture model)."""
+        suite file's `num_predict` (`FIXTURE_NUM_PREDICT` at most on a fixture model, unless the answers are
+        `bounded` by a JSON schema and need the whole budget)."""
         if self.num_predict is not None:
             return self.num_predict
         configured = self.config.num_predict(suite)
         if configured is not None:
             return configured
-        return min(suite_default, FIXTURE_NUM_PREDICT) if self.uses_fixture_model else suite_default
+        if self.uses_fixture_model and not bounded:
+            return min(suite_default, FIXTURE_NUM_PREDICT)
+        return suite_default
 
     def to_record(self) -> dict[str, Any]:
         """The options as plain data for run.json."""

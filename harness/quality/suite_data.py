@@ -65,9 +65,15 @@ class Suite:
     instruction: str
     threshold: float
     items: tuple[Item, ...]
-    num_predict: int = DEFAULT_SUITE_NUM_PREDICT
+    num_predict: int = DEFAULT_SUITE_NUM_PREDICT  # tokens per answer (a JSON schema's answers need it all)
     stop: tuple[str, ...] = ()
     fewshot: tuple[FewShotExample, ...] = ()
+
+    @property
+    def bounded_answers(self) -> bool:
+        """Whether answers follow a JSON schema: they end within the budget whatever the weights, and need
+        all of it (a fixture model keeps the suite's budget for them)."""
+        return any(item.schema is not None for item in self.items)
 
     def item(self, item_id: str) -> Item:
         """The item with this id; `SuiteDataError` if there is none."""
@@ -133,7 +139,7 @@ def _parse_suite(document: Any, path: Path) -> Suite:
         problems.append(f"header 'threshold' must be a number in [0, 1], not {threshold!r}")
     num_predict = document.get("num_predict", DEFAULT_SUITE_NUM_PREDICT)
     if not isinstance(num_predict, int) or isinstance(num_predict, bool) or num_predict < 1:
-        problems.append(f"header 'num_predict' must be an integer >= 1, not {num_predict!r}")
+        problems.append(f"header 'num_predict' must be a positive integer, not {num_predict!r}")
     stop = _string_list(document.get("stop", []))
     if stop is None:
         problems.append("header 'stop' must be a list of non-empty strings")

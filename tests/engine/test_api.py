@@ -385,20 +385,6 @@ def test_pull_and_push_say_there_is_no_registry(client: ollama.Client) -> None:
     assert pushed.value.status_code == 500 and "no registry to push to" in pushed.value.error
 
 
-def test_settings_route_reports_the_scheduler_settings_a_client_cannot_see(engine: EmbeddedEngine) -> None:
-    """GET /harness/settings (not Ollama's API): what the suites ask instead of assuming a queue; the client's
-    `scheduler_settings` reads it, and is None where there is no such route."""
-    settings = httpx.get(f"{engine.url}/harness/settings").json()
-    assert settings["num_parallel"] >= 1 and settings["max_queue"] >= 1
-    with OllamaClient(engine.host, timeout=30) as harness_client:
-        assert harness_client.scheduler_settings() == {
-            "num_parallel": settings["num_parallel"],
-            "max_queue": settings["max_queue"],
-        }
-    with OllamaClient("127.0.0.1:9", timeout=5) as nowhere:
-        assert nowhere.scheduler_settings() is None
-
-
 # --- context shift ---------------------------------------------------------------------------------------
 
 
@@ -415,3 +401,17 @@ def test_generation_without_num_predict_stops_at_ten_contexts(client: ollama.Cli
     """Ollama 0.33 ends a generation without num_predict at 10 x num_ctx tokens, done_reason "length"."""
     reply = client.generate(model="tiny", prompt="hello", raw=True, options={**GREEDY, "num_ctx": 128})
     assert (reply.done_reason, reply.eval_count) == ("length", 1280)
+
+
+def test_settings_route_reports_the_scheduler_settings_a_client_cannot_see(engine: EmbeddedEngine) -> None:
+    """GET /harness/settings (not Ollama's API): what the suites ask instead of assuming a queue; the client's
+    `scheduler_settings` reads it, and is None where there is no such route."""
+    settings = httpx.get(f"{engine.url}/harness/settings").json()
+    assert settings["num_parallel"] >= 1 and settings["max_queue"] >= 1
+    with OllamaClient(engine.host, timeout=30) as harness_client:
+        assert harness_client.scheduler_settings() == {
+            "num_parallel": settings["num_parallel"],
+            "max_queue": settings["max_queue"],
+        }
+    with OllamaClient("127.0.0.1:9", timeout=5) as nowhere:
+        assert nowhere.scheduler_settings() is None
