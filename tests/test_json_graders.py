@@ -142,7 +142,7 @@ def _suite(tmp_path: Path, text: str) -> Path:
          "grader: no-tool-call, answer: hi, tools: [x], tags: {topic: t, difficulty: easy}}\n",
          "needs 'accept'"),
         ("num_predict: 0\nitems:\n- {id: a, prompt: p, grader: exact, answer: x, tags: {topic: t, "
-         "difficulty: easy}}\n", "'num_predict' must be an integer >= 1"),
+         "difficulty: easy}}\n", "'num_predict' must be a positive integer"),
     ],
 )  # fmt: skip
 def test_bad_schema_and_tool_items_are_named(tmp_path: Path, text: str, problem: str) -> None:
