@@ -17,10 +17,11 @@ from harness import __version__
 from harness.errors import HarnessError
 
 # Top-level commands, in the order they appear in `harness --help` (the pipeline's order: build and check the
-# GGUF, render the Modelfile, serve it, load it, report on the runs): the module that registers each, and its
-# help line. The help line is repeated here so that `harness --help` lists the commands without importing
-# their modules, and a command imports only its own area (start-up time: `harness gguf check` runs in
-# pre-commit hooks); tests/test_cli.py asserts each line equals the one its module registers.
+# GGUF, render the Modelfile, serve it, load it, report on the runs, gate an upgrade): the module that
+# registers each, and its help line. The help line is repeated here so that `harness --help` lists the
+# commands without importing their modules, and a command imports only its own area (start-up time:
+# `harness gguf check` runs in pre-commit hooks); tests/test_cli.py asserts each line equals the one its
+# module registers.
 COMMANDS: dict[str, tuple[str, str]] = {
     "gguf": ("harness.gguf.commands", "build and check GGUF model files"),
     "modelfile": ("harness.modelfile.commands", "render, check and list Modelfile templates"),
@@ -30,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "load": ("harness.load.commands", "a load run against one server (in process, or over Locust workers)"),
     "report": ("harness.report.commands", "report a run and compare it with a baseline"),
+    "upgrade-check": (
+        "harness.upgrade.commands",
+        "run the suites on an old and a new Ollama and gate on the difference",
+    ),
 }
 COMMAND_MODULES = tuple(module for module, _ in COMMANDS.values())
 

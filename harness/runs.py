@@ -5,9 +5,9 @@ A run folder `reports/<run-id>/` holds:
 - `run.json`: what ran, where and on what (schema version, run id, times, status, harness version and commit,
   options, server, machine, models). Rewritten atomically (temp file + `os.replace`) on every update.
 - `results.jsonl`: one result record per line, each with a `kind` ("test", "prompt", "suite", "load",
-  "memory"), appended and flushed line by line, so the results written before a crash of the process survive
-  it; fsynced at most once a second and at the end (`FSYNC_INTERVAL_S`), so a machine crash loses at most the
-  last second, and a run of many small records does not wait on the disk for each.
+  "memory", "exact"), appended and flushed line by line, so the results written before a crash of the process
+  survive it; fsynced at most once a second and at the end (`FSYNC_INTERVAL_S`), so a machine crash loses at
+  most the last second, and a run of many small records does not wait on the disk for each.
 
 `reports/latest` is a symlink to the newest run, replaced atomically, and only ever pointing at a folder whose
 `run.json` exists. Writing goes through `RunRecorder`; reading through `load_run` and `list_runs`::
@@ -51,7 +51,9 @@ SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.jsonl"
 LATEST_LINK = "latest"
-RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests", "finding")  # requests: server_time
+# requests: harness.server_time; finding: a server a broken file killed; exact: an exact-output control's
+# reply (the oracle), compared across runs
+RESULT_KINDS = ("test", "prompt", "suite", "load", "memory", "requests", "finding", "exact")
 FAILED_TO_START = "failed-to-start"  # the reason's prefix of a run that never started (latest not moved)
 RUN_STATUSES = ("running", "complete", "incomplete")
 FSYNC_INTERVAL_S = 1.0  # results.jsonl reaches the disk at least this often (and at the end)

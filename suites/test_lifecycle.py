@@ -204,16 +204,36 @@ def test_copy_then_delete(harness_session: Any, ollama_client: Any, model_under_
 
 
 @pytest.mark.fixture_weights("the oracle's continuation is known only for the oracle fixture")
-def test_oracle_continuation_through_the_modelfile_template(ollama_client: Any, fixture_models: Any) -> None:
+def test_oracle_continuation_through_the_modelfile_template(
+    harness_session: Any, ollama_client: Any, fixture_models: Any
+) -> None:
+    """The positive control. Both replies are recorded ("exact" records), so that `harness report` can show
+    them equal, or not, across servers: a difference is a finding about the server, not the model."""
     oracle = fixture_models("oracle")
     expected = oracle.oracle
-    reply = ollama_client.generate(oracle.name, expected.prompt, options={**GREEDY, "num_predict": 32})
+    replies = {}
+    for mode, raw in (("template", False), ("raw", True)):
+        reply = ollama_client.generate(
+            oracle.name, expected.prompt, options={**GREEDY, "num_predict": 32}, raw=raw
+        )
+        replies[mode] = reply
+        harness_session.record(
+            {
+                "kind": "exact",
+                "model": oracle.name,
+                "control": f"oracle.{mode}",
+                "prompt": expected.prompt,
+                "expected": expected.continuation,
+                "output": reply.text,
+                "done_reason": reply.done_reason,
+            }
+        )
+    reply, raw_reply = replies["template"], replies["raw"]
     assert reply.text == expected.continuation, f"{reply.text!r}, expected {expected.continuation!r}"
     assert reply.done_reason == "stop"
-    raw = ollama_client.generate(
-        oracle.name, expected.prompt, options={**GREEDY, "num_predict": 32}, raw=True
+    assert raw_reply.text == expected.continuation, (
+        f"raw: {raw_reply.text!r}, expected {expected.continuation!r}"
     )
-    assert raw.text == expected.continuation, f"raw: {raw.text!r}, expected {expected.continuation!r}"
 
 
 @pytest.mark.fixture_weights("the oracle's continuation is known only for the oracle fixture")

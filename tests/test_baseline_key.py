@@ -9,6 +9,7 @@ The runs are real `harness load` runs against a canned server, the second one in
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def test_runs_under_different_host_names_compare(tmp_path: Path, server: CannedS
         "baseline_match"
     ]
     text = harness("report", str(reports / "latest")).stdout
-    assert f"Baseline {first.name} matched on: same model digests" in text, text
+    assert f"Baseline {first.name} matched on: same models" in text, text
+    assert re.search(rf"machine name +{names[0]} +{OTHER_HOST}", text), text  # what differs, said
 
     # Narrowed to the host name too: no baseline, and --require-baseline fails the report.
     config = tmp_path / "harness.toml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gguf.constants import GGML_QUANT_SIZES, MODEL_ARCH_NAMES, GGMLQuantizationType, GGUFValueType
 
-from harness.gguf.archs import LLAMACPP_ARCHITECTURES
+from harness.gguf.arch_names import LLAMACPP_ARCHITECTURES
 from harness.gguf.types import GGML_TYPES, ValueType
 
 

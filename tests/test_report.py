@@ -252,7 +252,8 @@ def test_default_baseline_is_newest_earlier_complete_like_run(tmp_path, capsys):
     assert json.loads(out)["baseline"]["id"] == old.name
     assert status == 0
     _, out, _ = report(capsys, str(current), "--baseline", str(other_engine), "--format", "json")
-    assert any("not like-for-like: engine kind differs" in warning for warning in json.loads(out)["warnings"])
+    engine = {"aspect": "engine kind", "baseline": "ollama", "current": "embedded"}
+    assert engine in json.loads(out)["differences"]
     status, out, _ = report(capsys, str(old), "--format", "json")  # later runs are never its baseline
     assert json.loads(out)["baseline"] is None and "No baseline" in json.loads(out)["baseline_note"]
     # nothing comparable: reported alone, with a note, still exit 0

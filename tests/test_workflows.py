@@ -37,6 +37,8 @@ STEP_TIMEOUT_CAP_S = 240
 RUNNER_ONLY = re.compile(r"\bsudo\b|/api/pull\b")
 # GitHub's default shell for `run:` on Linux.
 GITHUB_BASH = ("bash", "--noprofile", "--norc", "-eo", "pipefail")
+# The upgrade leg's steps (ollama/ollama:latest) are named so.
+UPGRADE_LEG = "Upgrade "
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 CONTEXT_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)+")
 
@@ -141,6 +143,20 @@ def test_nightly_is_scheduled_and_manually_startable_with_a_pytest_options_knob(
     assert nightly()["env"]["PYTEST_ADDOPTS"] == "${{ inputs.pytest_options }}"
 
 
+def test_upgrade_leg_runs_ollama_latest_and_never_fails_the_job() -> None:
+    """The second leg serves ollama/ollama:latest next to the pinned image; its steps continue on error, so
+    only the pinned leg can fail the job."""
+    job = nightly_job()
+    latest = job["services"]["ollama-latest"]
+    assert image_tag(latest["image"]) == (OLLAMA_IMAGE, "latest")
+    host_port = int(str(nightly()["env"]["OLLAMA_LATEST_HOST"]).rpartition(":")[2])
+    assert published_ports(latest["ports"]) == {OLLAMA_PORT: host_port}
+    leg = [step for step in job["steps"] if str(step.get("name", "")).startswith(UPGRADE_LEG)]
+    assert len(leg) == 3, [step.get("name") for step in leg]
+    assert all(step.get("continue-on-error") is True for step in leg), [step.get("name") for step in leg]
+    assert all(step.get("if") == "${{ !cancelled() }}" for step in leg)
+
+
 def test_job_and_every_step_have_a_timeout() -> None:
     job = nightly_job()
     assert job["timeout-minutes"] > 0
@@ -156,7 +172,7 @@ def test_caches_and_artifact_hold_what_the_steps_write() -> None:
         for step in nightly_job()["steps"]
         for match in re.findall(r"--harness-run-dir\s+(\S+)", step.get("run", ""))
     }
-    assert len(run_dirs) == 2, f"one run folder per suite run expected, found {run_dirs}"
+    assert len(run_dirs) == 4, f"one run folder per suite run (two per leg) expected, found {run_dirs}"
 
     def paths(action: str) -> set[PurePosixPath]:
         return {PurePosixPath(step["with"]["path"].rstrip("/")) for step in steps_using(action)}
@@ -244,7 +260,7 @@ def run_nightly_steps(
     for level in (workflow.get("env", {}), job.get("env", {})):
         contexts["env"] = env
         env.update({key: substitute(str(value), contexts) for key, value in level.items()})
-    env["OLLAMA_HOST"] = engine.host
+    env["OLLAMA_HOST"] = env["OLLAMA_LATEST_HOST"] = engine.host  # the engine stands in for both images
     runs: list[StepRun] = []
     failed = False
     for index, step in enumerate(job["steps"]):
@@ -273,7 +289,7 @@ def run_nightly_steps(
         if "id" in step:
             contexts["steps"][step["id"]] = {"outputs": read_outputs(outputs)}
         runs.append(StepRun(name, script, done.returncode, done.stdout + done.stderr))
-        failed = failed or done.returncode != 0
+        failed = failed or (done.returncode != 0 and not step.get("continue-on-error"))
     return runs
 
 
@@ -283,6 +299,15 @@ def explain(runs: list[StepRun]) -> str:
 
 def by_command(runs: list[StepRun], needle: str) -> list[StepRun]:
     return [run for run in runs if needle in run.script]
+
+
+def pinned(runs: list[StepRun]) -> list[StepRun]:
+    """The steps of the pinned leg (and the shared ones): all but the upgrade leg's."""
+    return [run for run in runs if not run.name.startswith(UPGRADE_LEG)]
+
+
+def upgrade_leg(runs: list[StepRun]) -> list[StepRun]:
+    return [run for run in runs if run.name.startswith(UPGRADE_LEG)]
 
 
 def night_runs(workspace: Path) -> dict[str, Path]:
@@ -311,16 +336,24 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     )
     assert all(run.returncode == 0 for run in first), explain(first)
     for needle, count in (("scripts/setup-venv.sh", 1), ("pytest suites/", 2), ("harness report", 1)):
-        assert len(by_command(first, needle)) == count, f"{count} step(s) with {needle!r}:\n{explain(first)}"
-    first_runs = night_runs(workspace)
-    assert len(first_runs) == 2, first_runs
+        found = by_command(pinned(first), needle)
+        assert len(found) == count, f"{count} step(s) with {needle!r}:\n{explain(first)}"
+    assert len(by_command(upgrade_leg(first), "pytest suites/")) == 1, explain(first)
+    assert len(by_command(upgrade_leg(first), "harness report")) == 1, explain(first)
+    all_runs = night_runs(workspace)
+    first_runs = {name: path for name, path in all_runs.items() if not name.startswith("upgrade-")}
+    assert len(first_runs) == 2 and len(all_runs) == 4, all_runs
     models = {
         name: [model["name"] for model in load_run(path).meta["models"]] for name, path in first_runs.items()
     }
     assert [names for names in models.values() if names == [quality_model]], models
     summary = (workspace / ".night-1" / "summary.md").read_text(encoding="utf-8")
-    assert summary.count("**Result: OK**") == 2, summary
+    assert summary.count("**Result: OK**") == 4, summary
     assert "first night: no earlier runs" in summary and "No baseline" in summary, summary
+    # The upgrade verdict: each upgrade-leg run against tonight's pinned run of the same models.
+    for name in ("fixtures", "quality"):
+        assert f"Upgrade verdict: the {name} run on ollama/ollama:latest" in summary, summary
+        assert f"Baseline {first_runs[name].name} differs in" in summary, summary
 
     # Night 2, on the runs restored from night 1: the math suite too. The stand-in for the quality model is
     # not a language model, so its run fails and the report step fails the job; the fixture run is compared
@@ -331,15 +364,21 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
         "-k 'test_generate_completes or test_math' --harness-max-items 2 --harness-num-predict 8",
         night=2,
     )
-    fixtures_step, quality_step = by_command(second, "pytest suites/")
+    fixtures_step, quality_step = by_command(pinned(second), "pytest suites/")
     assert fixtures_step.returncode == 0, explain(second)
     assert quality_step.returncode == 1, explain(second)
-    assert by_command(second, "harness report")[0].returncode == 1, explain(second)
-    second_runs = night_runs(workspace)
+    assert by_command(pinned(second), "harness report")[0].returncode == 1, explain(second)
+    # The upgrade leg ran after the pinned leg failed, and its quality run fails too (its steps continue on
+    # error: test_upgrade_leg_never_fails_the_job).
+    assert by_command(upgrade_leg(second), "pytest suites/")[0].returncode == 1, explain(second)
+    second_runs = {
+        name: path for name, path in night_runs(workspace).items() if not name.startswith("upgrade-")
+    }
     assert set(second_runs) == set(first_runs) and not set(second_runs.values()) & set(first_runs.values())
     summary = (workspace / ".night-2" / "summary.md").read_text(encoding="utf-8")
     fixtures_name = next(name for name, names in models.items() if names != [quality_model])
     assert f"Against baseline {first_runs[fixtures_name].name}" in summary, summary
-    assert summary.count("**Result: OK**") == 1, summary
+    assert summary.count("**Result: OK**") >= 1, summary
+    assert "Upgrade verdict: the quality run" in summary, summary
     # From the second night on a missing baseline is an error (no first-night notice); both runs found one.
     assert "first night" not in summary and "No baseline" not in summary, summary

@@ -54,6 +54,9 @@ class ModelUnderTest:
     file_size: int | None = None  # bytes of the model's files, as the server lists them
     reused: bool = False  # already on the server (--harness-keep-models re-run): not created again
     setup_s: float | None = None  # seconds to build, upload and create (or find) it
+    identity: dict[str, Any] = field(
+        default_factory=dict
+    )  # as the server showed it (`--model`); else derived
 
     @property
     def context_length(self) -> int | None:
@@ -70,6 +73,22 @@ class ModelUnderTest:
         if self.spec is None or getattr(self.spec, "weights", None) != "oracle":
             return None
         return self.spec.oracle
+
+    def identity_fields(self) -> dict[str, Any]:
+        """What the user gave (see harness.modelfile.identity): shown by the server for `--model`, else from
+        the file, profile, type and Modelfile this session created the model from."""
+        if self.identity:
+            return self.identity
+        # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+        from harness.modelfile.identity import model_identity
+
+        return model_identity(
+            gguf_sha256=self.gguf_sha256,
+            profile=self.profile,
+            tensor_type=self.tensor_type,
+            quantize=self.quantize,
+            modelfile=self.modelfile,
+        )
 
     def to_record(self) -> dict[str, Any]:
         """What run.json keeps about the model."""
@@ -89,6 +108,7 @@ class ModelUnderTest:
             "file_size": self.file_size,
             "reused": self.reused,
             "setup_s": self.setup_s,
+            "identity": self.identity_fields(),
         }
 
 
@@ -253,6 +273,9 @@ class ModelFactory:
         """A model already on the server (`--harness-model`): looked up, never created nor deleted."""
         key = f"model:{name}"
         if key not in self._by_key:
+            # lazy: pytest loads this plugin in every run; a session's modules load when it starts
+            from harness.modelfile.identity import identity_from_shown
+
             try:
                 shown = self.client.show(name)
             except ServerError as error:
@@ -266,6 +289,7 @@ class ModelFactory:
                 created=False,
                 digest=_digest_of(self.client, name),
                 details=_details(shown),
+                identity=identity_from_shown(_field(shown, "modelfile")),
             )
             self.session.add_model(model)
             self._by_key[key] = model
@@ -339,8 +363,13 @@ class ModelFactory:
         return model
 
 
+def _field(shown: Any, name: str) -> Any:
+    """A field of a /api/show answer (a dict, or the ollama client's ShowResponse)."""
+    return shown.get(name) if isinstance(shown, dict) else getattr(shown, name, None)
+
+
 def _details(shown: Any) -> dict[str, Any]:
-    details = shown.get("details") if isinstance(shown, dict) else getattr(shown, "details", None)
+    details = _field(shown, "details")
     if details is None:
         return {}
     if hasattr(details, "model_dump"):

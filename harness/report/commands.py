@@ -11,10 +11,16 @@ from pathlib import Path
 
 from harness.config import ConfigError, Threshold, load_config, parse_threshold
 from harness.errors import HarnessError
-from harness.report.compare import baseline_keys, build_report, find_baseline, resolve_run
+from harness.report.compare import (
+    baseline_keys,
+    build_report,
+    find_baseline,
+    find_run_on_version,
+    resolve_run,
+)
 from harness.report.metrics import metric_history, metric_names
 from harness.report.render import FORMATS, render_history, render_report, render_run_list
-from harness.runs import LATEST_LINK, list_runs, load_run, scan_runs
+from harness.runs import LATEST_LINK, RunRecord, list_runs, load_run, scan_runs
 
 DEFAULT_REPORTS_DIR = Path("reports")
 
@@ -30,6 +36,18 @@ def parse_overrides(texts: Sequence[str] | None) -> dict[str, Threshold]:
             )
         overrides[metric.strip()] = parse_threshold(change)
     return overrides
+
+
+def add_judging_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --threshold and --format: how a run is judged against its baseline and shown."""
+    parser.add_argument("--config", metavar="FILE", help="thresholds file (default: harness.toml, if found)")
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        metavar="METRIC=CHANGE",
+        help="override a threshold, e.g. ttft_p95=+30%%, accuracy_strict=-2pt, rss_growth=+64MiB; repeatable",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,9 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument(
         "--baseline",
         metavar="RUN",
-        help="the run to compare with (default: the newest earlier complete run of the same model digests, "
-        "engine kind and hardware class: CPU model, cores, RAM in GiB, GPU; harness.toml [report] "
+        help="the run to compare with, on any server (default: the newest earlier complete run of the same "
+        "models, engine kind and hardware class: CPU model, cores, RAM in GiB, GPU; harness.toml [report] "
         "baseline_match changes the machine keys)",
+    )
+    which.add_argument(
+        "--against-version",
+        metavar="VERSION",
+        help="compare with the newest complete run of the same models on server version VERSION "
+        "(e.g. 0.24.0; 0.33.0 also matches the embedded engine's 0.33.0+harness.X)",
     )
     which.add_argument("--no-baseline", action="store_true", help="report the run alone")
     parser.add_argument(
@@ -68,14 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="the folder of runs (default: RUN's parent, or reports/)",
     )
-    parser.add_argument("--config", metavar="FILE", help="thresholds file (default: harness.toml, if found)")
-    parser.add_argument(
-        "--threshold",
-        action="append",
-        metavar="METRIC=CHANGE",
-        help="override a threshold, e.g. ttft_p95=+30%%, accuracy_strict=-2pt, rss_growth=+64MiB; repeatable",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    add_judging_options(parser)
     parser.add_argument("--list", action="store_true", help="list the runs in the reports folder")
     parser.add_argument("--history", metavar="METRIC", help="one metric (name, family or glob) across runs")
     parser.add_argument(
@@ -119,8 +136,18 @@ def run_report(args: argparse.Namespace) -> int:
     run_path = resolve_run(args.run or str(reports_dir / LATEST_LINK), reports_dir)
     run = load_run(run_path)
     note = ""
+    baseline: RunRecord | None
     if args.baseline:
         baseline = load_run(resolve_run(args.baseline, reports_dir))
+    elif args.against_version:
+        baseline = find_run_on_version(run, reports_dir, args.against_version)
+        if baseline is None:
+            raise HarnessError(
+                f"no complete run in {reports_dir} of the same models on server version "
+                f"{args.against_version}",
+                "run the suites against that version first (`harness report --list` shows each run's "
+                "server version), or pass --baseline RUN",
+            )
     elif args.no_baseline:
         baseline = None
     else:
@@ -129,8 +156,9 @@ def run_report(args: argparse.Namespace) -> int:
         if baseline is None:
             machine = ", ".join(match_keys) or "any machine"
             note = (
-                f"No baseline: no earlier complete run in {reports_dir} with the same model digests, "
-                f"engine kind and machine ({machine}); pass --baseline RUN to compare with another run."
+                f"No baseline: no earlier complete run in {reports_dir} of the same models, engine kind "
+                f"and machine ({machine}); pass --baseline RUN (or --against-version VERSION) to compare "
+                "with a run on another server."
             )
     report = build_report(
         run, config=config, baseline=baseline, baseline_note=note, overrides=overrides, worst_count=args.worst

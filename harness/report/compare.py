@@ -17,6 +17,7 @@ from harness.config import (
     find_threshold,
 )
 from harness.errors import RunRecordError
+from harness.report.controls import ExactOutput, compare_exact_outputs
 from harness.report.hosts import HostRow, compare_hosts, host_notes
 from harness.report.matrix import MatrixSummary, summarise_matrix
 from harness.report.metrics import (
@@ -25,17 +26,23 @@ from harness.report.metrics import (
     Metric,
     SuiteSummary,
     collect_metrics,
+    model_identities,
     summarise_load,
     summarise_memory,
     summarise_suites,
     worst_prompts,
 )
-from harness.report.prompts import FlippedPrompt, flipped_prompts
+from harness.report.prompts import FlippedPrompt, flipped_prompts, prompts_by_key
 from harness.report.stats import Direction, Judgement, Verdict, judge
 from harness.runs import RunRecord, hardware_key, list_runs, load_run
 from harness.units import noise_floor
 
 # ------------------------------------------------------------------------------------------ baseline
+
+
+def model_keys(run: RunRecord) -> frozenset[str]:
+    """The identities of the models a run tested (see `model_identities`): the same on any server."""
+    return frozenset(model_identities(run).values())
 
 
 def baseline_keys(config: HarnessConfig) -> tuple[str, ...]:
@@ -52,11 +59,11 @@ def machine_key(run: RunRecord, keys: tuple[str, ...]) -> dict[str, Any]:
 def comparable(
     run: RunRecord, candidate: RunRecord, keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
 ) -> list[str]:
-    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is): other model digests,
-    engine kind, or machine (`keys`)."""
+    """Why `candidate` is not a like-for-like baseline for `run` (empty when it is): other models (by
+    identity, whatever the server), engine kind, or machine (`keys`)."""
     differences = []
-    if candidate.model_digests != run.model_digests:
-        differences.append("model digests differ")
+    if model_keys(candidate) != model_keys(run):
+        differences.append("the models differ (other GGUF files, types, parameters or templates)")
     if candidate.engine_kind != run.engine_kind:
         differences.append(f"engine kind differs ({candidate.engine_kind} vs {run.engine_kind})")
     ours, theirs = machine_key(run, keys), machine_key(candidate, keys)
@@ -72,16 +79,14 @@ def matched_on(run: RunRecord, keys: tuple[str, ...]) -> str:
     machine = ", ".join(
         f"{key} {value if value is not None else 'none'}" for key, value in machine_key(run, keys).items()
     )
-    return f"same model digests, engine kind {run.engine_kind}" + (
-        f", {machine}" if machine else ", any machine"
-    )
+    return f"same models, engine kind {run.engine_kind}" + (f", {machine}" if machine else ", any machine")
 
 
 def find_baseline(
     run: RunRecord, reports_dir: str | os.PathLike[str], keys: tuple[str, ...] = DEFAULT_BASELINE_MATCH
 ) -> RunRecord | None:
-    """The newest complete run started before `run` with the same model digests, engine kind and machine
-    (`keys`: see `baseline_keys`)."""
+    """The newest complete run started before `run` with the same models (by identity), engine kind and
+    machine (`keys`: see `baseline_keys`)."""
     candidates = [
         candidate
         for candidate in list_runs(reports_dir)
@@ -91,6 +96,71 @@ def find_baseline(
         and not comparable(run, candidate, keys)
     ]
     return load_run(candidates[-1].path) if candidates else None
+
+
+def server_version(run: RunRecord) -> str | None:
+    """The server version a run recorded (None when unknown)."""
+    version = (run.meta.get("server") or {}).get("version")
+    return str(version) if version else None
+
+
+def on_version(version: str | None, wanted: str) -> bool:
+    """Whether a server `version` is `wanted`: equal, or equal once build metadata (`+...`) is dropped, so
+    0.33.0 names both Ollama 0.33.0 and the embedded engine's 0.33.0+harness.X."""
+    return version is not None and (version == wanted or version.split("+", 1)[0] == wanted)
+
+
+def find_run_on_version(
+    run: RunRecord, reports_dir: str | os.PathLike[str], version: str
+) -> RunRecord | None:
+    """The newest complete run (other than `run`) of the same models on server version `version`."""
+    candidates = [
+        candidate
+        for candidate in list_runs(reports_dir)
+        if candidate.complete
+        and candidate.run_id != run.run_id
+        and on_version(server_version(candidate), version)
+        and model_keys(candidate) == model_keys(run)
+    ]
+    return load_run(candidates[-1].path) if candidates else None
+
+
+@dataclass(frozen=True)
+class RunDifference:
+    """One way two compared runs differ (what the comparison then measures): baseline and current value."""
+
+    aspect: str
+    baseline: str
+    current: str
+
+
+def _hostname(run: RunRecord) -> str | None:
+    return (run.meta.get("machine") or {}).get("hostname")
+
+
+def _hardware(run: RunRecord) -> str:
+    machine = run.meta.get("machine") or {}
+    gpu = machine.get("gpu") or "none"
+    return f"{machine.get('cpu') or '?'}, {machine.get('cores') or '?'} cores, GPU: {gpu}"
+
+
+def run_differences(baseline: RunRecord, run: RunRecord) -> list[RunDifference]:
+    """What differs between the two runs' servers and machines: server version, engine kind, server host,
+    machine name, hardware; the report shows it so that a reader knows what the comparison measures."""
+    server, base_server = run.meta.get("server") or {}, baseline.meta.get("server") or {}
+    aspects = [
+        ("server version", server_version(baseline), server_version(run)),
+        ("engine kind", base_server.get("engine_kind"), server.get("engine_kind")),
+        ("server host", base_server.get("host"), server.get("host")),
+        ("machine name", _hostname(baseline), _hostname(run)),
+    ]
+    if baseline.fingerprint != run.fingerprint:
+        aspects.append(("hardware", _hardware(baseline), _hardware(run)))
+    return [
+        RunDifference(aspect, str(before or "?"), str(after or "?"))
+        for aspect, before, after in aspects
+        if before != after
+    ]
 
 
 def resolve_run(argument: str, reports_dir: str | os.PathLike[str] | None) -> Path:
@@ -163,7 +233,7 @@ def compare_metrics(
             judgement = replace(judgement, verdict="noise")
         rows.append(
             MetricComparison(
-                metric.model,
+                key[0],  # the model's identity, the same in both runs (its name may differ)
                 metric.name,
                 metric.unit,
                 metric.better,
@@ -192,6 +262,45 @@ def check_threshold_signs(overrides: Mapping[str, Threshold], metrics: Iterable[
                 )
 
 
+def _offered_loads(run: RunRecord) -> dict[tuple[str, str], float]:
+    identities = model_identities(run)
+    return {
+        (
+            identities.get(str(record.get("model")), str(record.get("model"))),
+            str(record.get("scenario")),
+        ): float(record["rate"])
+        for record in run.of_kind("load")
+        if isinstance(record.get("rate"), (int, float))
+    }
+
+
+def offered_load_changes(baseline: RunRecord, run: RunRecord) -> dict[tuple[str, str], tuple[float, float]]:
+    """(model identity, scenario) -> (baseline rate, current rate) for each open-loop scenario that offered
+    another rate than in the baseline: the suites cap it at half the capacity they measure, so a slower
+    server gets a lighter load, and the two runs' timings of that scenario measure different loads."""
+    before, after = _offered_loads(baseline), _offered_loads(run)
+    return {
+        key: (before[key], rate)
+        for key, rate in after.items()
+        if key in before and abs(before[key] - rate) > 1e-9 * max(rate, 1.0)
+    }
+
+
+def unjudged_timings(
+    metrics: Mapping[tuple[str, str], Metric], changes: Mapping[tuple[str, str], tuple[float, float]]
+) -> dict[tuple[str, str], Metric]:
+    """`metrics` with the timings of the scenarios in `changes` marked untrusted (judged noise at most): the
+    error rate counts outcomes, and stays judged."""
+    return {
+        key: replace(metric, trusted=False)
+        if metric.name.startswith("load.")
+        and (key[0], metric.name.split(".")[1]) in changes
+        and metric.family != "error_rate"
+        else metric
+        for key, metric in metrics.items()
+    }
+
+
 # ------------------------------------------------------------------------------------------ the report
 
 
@@ -211,9 +320,10 @@ class RunReport:
     hosts: list[HostRow] = field(default_factory=list)  # hosts side by side (a multi-host run)
     matrix: MatrixSummary | None = None  # the quantization matrix (a --matrix run)
     comparison: list[MetricComparison] = field(default_factory=list)
-    flipped: list[FlippedPrompt] = field(
-        default_factory=list
-    )  # prompts graded otherwise than in the baseline
+    differences: list[RunDifference] = field(default_factory=list)  # what differs from the baseline's run
+    exact: list[ExactOutput] = field(default_factory=list)  # exact-output controls against the baseline
+    flipped: list[FlippedPrompt] = field(default_factory=list)  # graded otherwise than in the baseline
+    prompts_compared: int = 0  # prompts asked in both runs (the flipped ones among them)
     notes: list[str] = field(default_factory=list)  # warnings about the comparison, after the run's own
 
     @property
@@ -230,6 +340,12 @@ class RunReport:
         for row in self.comparison:
             if row.verdict == "REGRESSED":
                 reasons.append(f"{row.name} REGRESSED on {row.model}")
+        for control in self.exact:
+            if control.verdict == "SERVER CHANGED":
+                reasons.append(
+                    f"the server changed the exact output of {control.control} on {control.model} "
+                    "(a finding about the server, not the model)"
+                )
         if not self.run.complete:
             reasons.append(f"the run is {self.run.status}")
         for record in self.run.of_kind("load"):
@@ -280,11 +396,24 @@ def build_report(
         check_threshold_signs(overrides, current.values())
     if baseline is not None:
         keys = baseline_keys(config)
-        differences = comparable(run, baseline, keys)
-        if not differences:
+        report.differences = run_differences(baseline, run)
+        if not comparable(run, baseline, keys):
             report.baseline_match = matched_on(run, keys)
-        else:
-            report.notes.append(f"baseline {baseline.run_id} is not like-for-like: {'; '.join(differences)}")
-        report.comparison = compare_metrics(collect_metrics(baseline), current, config, overrides)
+        if model_keys(baseline) != model_keys(run):
+            report.notes.append(
+                f"baseline {baseline.run_id} tested other models (other GGUF files, types, parameters or "
+                "templates): only the metrics of the models both runs tested are compared"
+            )
+        report.exact = compare_exact_outputs(baseline, run)
+        changes = offered_load_changes(baseline, run)
+        report.notes.extend(
+            f"load scenario {scenario} on {model} offered {before:.3g} req/s in the baseline and {after:.3g} "
+            "req/s now: its timings measure different loads, so they are not judged (noise at most)"
+            for (model, scenario), (before, after) in changes.items()
+        )
+        report.comparison = compare_metrics(
+            collect_metrics(baseline), unjudged_timings(current, changes), config, overrides
+        )
         report.flipped = flipped_prompts(run, baseline)
+        report.prompts_compared = len(prompts_by_key(run).keys() & prompts_by_key(baseline).keys())
     return report

@@ -12,10 +12,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness.modelfile.identity import identity_digest, model_identity
 from harness.quality.scoring import wilson_interval
 from harness.report.stats import (
     Direction,
@@ -302,19 +304,40 @@ def summarise_memory(run: RunRecord) -> list[MemorySummary]:
     return [summaries[key] for key in sorted(summaries, key=lambda key: (key[0], key[1] or ""))]
 
 
-def model_identities(run: RunRecord) -> dict[str, str]:
-    """Model name -> a name that is the same in every run of the same model file.
+def model_identity_key(model: Mapping[str, Any]) -> str:
+    """A run.json model entry as `<label>@<identity digest>`: the same in every run of the same inputs.
 
-    The suites name fixture models per run (`harness-oracle-<spec>-<run>`), so runs are matched on what was
-    tested: the profile (or the name the user gave) and the model digest.
+    The identity is what the user gave (GGUF sha256, profile and tensor type, the Modelfile's parameters and
+    template digest: `harness.modelfile.identity`), never the server's digest, which changes with the server's
+    version and kind. Entries written before the identity was recorded get it from their other fields.
     """
-    identities = {}
-    for model in run.meta.get("models") or []:
-        if isinstance(model, Mapping) and model.get("name"):
-            digest = str(model.get("digest") or "")
-            label = str(model.get("profile") or model["name"])
-            identities[str(model["name"])] = f"{label}@{digest[:12]}" if digest else label
-    return identities
+    identity = model.get("identity")
+    if not isinstance(identity, Mapping) or not identity:
+        identity = model_identity(
+            gguf_sha256=model.get("gguf_sha256"),
+            profile=model.get("profile"),
+            tensor_type=model.get("tensor_type"),
+            quantize=model.get("quantize"),
+            modelfile=model.get("modelfile"),
+        )
+    label = identity.get("profile") or (Path(model["gguf_path"]).stem if model.get("gguf_path") else None)
+    label = label or model.get("name")
+    if identity.get("profile") and identity.get("tensor_type"):
+        label = f"{label}-{identity['tensor_type']}"
+    if not identity.get("gguf_sha256") and model.get("digest"):  # an unknown file: the server's word only
+        return f"{label}@{str(model['digest'])[:12]}"
+    return f"{label}@{identity_digest(identity)[:12]}"
+
+
+def model_identities(run: RunRecord) -> dict[str, str]:
+    """Model name -> its identity key (`model_identity_key`): the suites name fixture models per run
+    (`harness-oracle-<spec>-<run>`), and servers compute their own digests, so runs are matched on what was
+    tested, whatever the server."""
+    return {
+        str(model["name"]): model_identity_key(model)
+        for model in run.meta.get("models") or []
+        if isinstance(model, Mapping) and model.get("name")
+    }
 
 
 def identity_of(run: RunRecord, model: str) -> str:

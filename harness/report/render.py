@@ -19,7 +19,7 @@ from harness.errors import RunRecordError
 from harness.report.compare import MetricComparison, RunReport
 from harness.report.hosts import hosts_table, hosts_to_json
 from harness.report.matrix import matrix_table, matrix_to_json
-from harness.report.metrics import SHOWN_PERCENTILES, HistoryRow, SuiteSummary
+from harness.report.metrics import SHOWN_PERCENTILES, HistoryRow, SuiteSummary, model_identity_key
 from harness.runs import RunRecord
 from harness.server_time import server_seconds
 from harness.units import format_signed, format_value
@@ -123,7 +123,12 @@ def header_rows(run: RunRecord) -> list[tuple[str, str]]:
         details = ", ".join(f"{key} {model[key]}" for key in ("profile", "tensor_type") if model.get(key))
         digest = str(model.get("digest") or "no digest")
         rows.append(
-            ("model", f"{model.get('name', '-')} {digest[:19]}" + (f" ({details})" if details else ""))
+            (
+                "model",
+                f"{model.get('name', '-')} {digest[:19]}"
+                + (f" ({details})" if details else "")
+                + f", identity {model_identity_key(model)}",
+            )
         )
     return rows
 
@@ -317,6 +322,35 @@ def _baseline_section(report: RunReport) -> Section | None:
     return (f"Against baseline {report.baseline.run_id}", headers, rows)
 
 
+def _differences_section(report: RunReport) -> Section | None:
+    """What the comparison measures: how the baseline's run and this one differ (server, engine, hardware)."""
+    if report.baseline is None:
+        return None
+    rows = [[item.aspect, item.baseline, item.current] for item in report.differences] or [
+        ["nothing", "same server version, engine kind, server host, machine and hardware", ""]
+    ]
+    return (f"Baseline {report.baseline.run_id} differs in", ["differs", "baseline", "current"], rows)
+
+
+def _exact_section(report: RunReport) -> Section | None:
+    """The exact-output controls (the oracle) side by side: any difference is the server's doing."""
+    if report.baseline is None:
+        return None
+    rows = [
+        [
+            row.model,
+            row.control,
+            _short(repr(row.expected), 40),
+            _short(repr(row.baseline) + (f" ({row.baseline_done})" if row.baseline_done else ""), 48),
+            _short(repr(row.current) + (f" ({row.current_done})" if row.current_done else ""), 48),
+            row.verdict,
+        ]
+        for row in report.exact
+    ]
+    headers = ["model", "control", "expected", "baseline", "current", "verdict"]
+    return ("Exact-output controls against the baseline", headers, rows)
+
+
 def _flipped_section(report: RunReport) -> Section | None:
     if report.baseline is None:
         return None
@@ -332,8 +366,13 @@ def _flipped_section(report: RunReport) -> Section | None:
         ]
         for p in report.flipped
     ]
+    if not rows and report.prompts_compared:  # the per-prompt verdict: nothing flipped
+        rows = [["-", "-", "-", "none", "", "", f"all {report.prompts_compared} graded as in the baseline"]]
     headers = ["model", "suite", "item", "change", "baseline response", "current response", "reason now"]
-    return (f"Prompts that changed grade against {report.baseline.run_id}", headers, rows)
+    title = f"Prompts that changed grade against {report.baseline.run_id}"
+    if report.prompts_compared:
+        title += f": {len(report.flipped)} of {report.prompts_compared} asked in both"
+    return (title, headers, rows)
 
 
 # The report's tables in the order shown; each section returns None when the run has nothing for it.
@@ -347,7 +386,9 @@ SECTIONS: tuple[Callable[[RunReport], Section | None], ...] = (
     _memory_section,
     _matrix_section,
     _hosts_section,
+    _differences_section,
     _baseline_section,
+    _exact_section,
     _flipped_section,
 )
 
@@ -483,6 +524,24 @@ def report_to_json(report: RunReport) -> dict[str, Any]:
         "baseline_note": report.baseline_note,
         "baseline_match": report.baseline_match,
         "flipped_prompts": [{**asdict(prompt), "change": prompt.change} for prompt in report.flipped],
+        "prompts_compared": report.prompts_compared,
+        "differences": [
+            {"aspect": item.aspect, "baseline": item.baseline, "current": item.current}
+            for item in report.differences
+        ],
+        "exact_outputs": [
+            {
+                "model": row.model,
+                "control": row.control,
+                "expected": row.expected,
+                "baseline": row.baseline,
+                "current": row.current,
+                "baseline_done_reason": row.baseline_done,
+                "current_done_reason": row.current_done,
+                "verdict": row.verdict,
+            }
+            for row in report.exact
+        ],
         "comparison": [
             {
                 "model": row.model,
@@ -530,6 +589,7 @@ def render_run_list(
                         "started_at": run.started_at,
                         "status": run.status,
                         "engine_kind": run.engine_kind,
+                        "server_version": (run.meta.get("server") or {}).get("version"),
                         "host": (run.meta.get("machine") or {}).get("hostname"),
                         "models": run.meta.get("models") or [],
                     }
@@ -545,15 +605,16 @@ def render_run_list(
             _started(run),
             run.status,
             run.engine_kind or "-",
+            (run.meta.get("server") or {}).get("version") or "-",
             (run.meta.get("machine") or {}).get("hostname", "-"),
             _models(run),
         ]
         for run in runs
     ]
-    rows.extend([path.name, "-", "UNREADABLE", "-", "-", error.message] for path, error in broken)
+    rows.extend([path.name, "-", "UNREADABLE", "-", "-", "-", error.message] for path, error in broken)
     table = tabulate(
         rows,
-        headers=["run", "started", "status", "engine", "host", "models"],
+        headers=["run", "started", "status", "engine", "version", "host", "models"],
         tablefmt=_TABLE_FORMATS[output_format],
         disable_numparse=True,
     )
