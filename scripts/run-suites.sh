@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up the venv, run every suite (against $OLLAMA_HOST / --ollama-host if an Ollama answers there,
 # else on the embedded engine), then print the run's report. Extra arguments go to pytest, for example:
-#   scripts/run-suites.sh --ollama-host localhost:11434 --model qwen2.5:0.5b-instruct
+#   scripts/run-suites.sh --ollama-host localhost:11434 --harness-model qwen2.5:0.5b-instruct
 # Exit status: the suites' (pytest's) status, or the report's when the suites passed (1 = regression).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -20,12 +20,18 @@ if [ ! -x "$venv/bin/python" ]; then
         fi
     fi
 fi
-# Re-install only when pyproject.toml changed since the last install.
+# Re-install only when pyproject.toml or the lock file changed since the last install. The dependencies come
+# from the lock file (the versions tested; regenerate it with the command in its header after changing
+# pyproject.toml), then the project itself, editable, without resolving again.
 stamp="$venv/.harness-installed"
-if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
-    echo "setup: installing ollama-harness and its dependencies into $venv" >&2
+lock="$root/requirements-dev.lock"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
+    echo "setup: installing ollama-test-harness and its locked dependencies into $venv" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "${root}[dev]"
+    # The project's former distribution name, in venvs made before the rename (its entry points would linger).
+    "$venv/bin/python" -m pip uninstall -q -y ollama-harness >/dev/null 2>&1 || true
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$lock"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$root"
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -240,10 +240,10 @@ def test_oracle_continuation_through_the_modelfile_template(
 def test_oracle_output_is_the_same_in_every_matrix_type(
     harness_session: Any, ollama_client: Any, fixture_models: Any
 ) -> None:
-    """--matrix: the oracle built in each type gives the same exact reply (its margin survives q4_0)."""
+    """--harness-matrix: the oracle built in each type gives the same exact reply (margin survives q4_0)."""
     types = harness_session.options.matrix
     if len(types) < 2:
-        pytest.skip("no --matrix of two or more tensor types")
+        pytest.skip("no --harness-matrix of two or more tensor types")
     replies = {}
     for tensor_type in types:
         oracle = fixture_models.from_profile("oracle", tensor_type=tensor_type)
@@ -281,7 +281,7 @@ REFUSED_KINDS = sorted(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("kind_name", REFUSED_KINDS)
 def test_broken_gguf_is_rejected_with_its_cause(
-    kind_name: str, harness_session: Any, ollama_client: Any, record_property: Any
+    kind_name: str, harness_session: Any, ollama_client: Any, harness_property: Any
 ) -> None:
     kind = BROKEN_KINDS[kind_name]
     spec = load_profile(BROKEN_BASE_PROFILE)
@@ -289,9 +289,9 @@ def test_broken_gguf_is_rejected_with_its_cause(
     findings = check_gguf(path, deep=kind.deep)
     name = unique_model_name(f"broken-{kind_name}", spec.spec_hash(), harness_session.recorder.run_id)
     stage, error = _create_and_load(ollama_client, name, path)
-    record_property("stage", stage)
-    record_property("error", error)
-    record_property("checker_codes", [finding.code for finding in findings.errors])
+    harness_property("stage", stage)
+    harness_property("error", error)
+    harness_property("checker_codes", [finding.code for finding in findings.errors])
     if harness_session.check_server() is not None:
         harness_session.record(harness_session.death_finding(kind_name, stage, path))
     assert harness_session.server_down is None, (

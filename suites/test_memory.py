@@ -70,7 +70,9 @@ def test_ps_size_and_context_length_match_the_estimate(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> None:
     if model_under_test.gguf_path is None:
-        pytest.skip("--model: the model's GGUF file is not at hand, so there is nothing to estimate from")
+        pytest.skip(
+            "--harness-model: the model's GGUF file is not at hand, so there is nothing to estimate from"
+        )
     _load(ollama_client, model_under_test.name)
     entry = ps_entry(harness_session.server.host, model_under_test.name)
     assert entry is not None, f"{model_under_test.name} is not in /api/ps right after a request"

@@ -2,7 +2,7 @@
 
 A canned server stands in for an instruct model that answers correctly but at length (300 tokens of reasoning,
 then `Answer: 391`), honouring `num_predict` as a model does: the suite's default budget scores it right; with
-`--num-predict 64` the answers are cut off, graded as they are, and the run and the report say so.
+`--harness-num-predict 64` the answers are cut off, graded as they are, and the run and the report say so.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def math_run(
     done, _ = run_pytest(
         reports,
         str(REPO / "suites" / "test_math.py"),
-        "--ollama-host", server.host, "--model", "verbose", "--max-items", "1", "--threshold", "math=1.0",
+        "--ollama-host", server.host, "--harness-model", "verbose", "--harness-max-items", "1",
+        "--harness-threshold", "math=1.0",
         *extra,
         cwd=REPO,
         timeout=120,
@@ -70,7 +71,7 @@ def test_default_budget_scores_a_long_correct_answer(tmp_path: Path, verbose_mod
 
 
 def test_a_small_budget_shows_the_answers_cut_off(tmp_path: Path, verbose_model: CannedServer) -> None:
-    done, run = math_run(tmp_path, verbose_model, "--num-predict", "64")
+    done, run = math_run(tmp_path, verbose_model, "--harness-num-predict", "64")
     assert done.returncode == 1, done.stdout[-3000:]
     (prompt,) = run.of_kind("prompt")
     assert not prompt["passed"] and prompt["done_reason"] == "length" and prompt["eval_count"] == 64
@@ -93,7 +94,7 @@ def test_harness_toml_sets_the_budget_and_the_flag_wins(tmp_path: Path, verbose_
     _, run = math_run(tmp_path / "toml", verbose_model, "--harness-config", str(config))
     assert run.of_kind("suite")[0]["num_predict"] == 32
     _, run = math_run(
-        tmp_path / "flag", verbose_model, "--harness-config", str(config), "--num-predict", "2000"
+        tmp_path / "flag", verbose_model, "--harness-config", str(config), "--harness-num-predict", "2000"
     )
     assert run.of_kind("suite")[0]["num_predict"] == 2000 and run.of_kind("prompt")[0]["passed"]
 

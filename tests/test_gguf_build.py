@@ -138,6 +138,7 @@ def test_build_cached_does_not_rebuild(tmp_path: Path) -> None:
     mtime = first.path.stat().st_mtime_ns
     second = build_cached(spec, tmp_path)
     assert second == first and second.path.stat().st_mtime_ns == mtime
+    assert second.from_cache and not first.from_cache
     assert first.path.with_suffix(".json").is_file()
     # a damaged cached file (wrong size) is rebuilt
     with open(first.path, "r+b") as handle:

@@ -29,7 +29,7 @@ from harness.server.client import OllamaClient
 from harness.testing.canned_server import CannedBehaviour, CannedServer
 
 if importlib.util.find_spec("locust") is None:  # not imported here: locust would gevent-patch pytest
-    pytest.skip("needs the scale extra (pip install 'ollama-harness[scale]')", allow_module_level=True)
+    pytest.skip("needs the scale extra (pip install 'ollama-test-harness[scale]')", allow_module_level=True)
 pytestmark = pytest.mark.timeout(90)
 CHUNKS = 8
 

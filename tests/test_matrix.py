@@ -1,4 +1,4 @@
-"""plugin.matrix and server_time: planning a --matrix, the oracle in every type, model reuse and
+"""plugin.matrix and server_time: planning a --harness-matrix, the oracle in every type, model reuse and
 the quantize refusal on the embedded engine, and the report's matrix table from a real run record."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from harness.plugin.matrix import (
 )
 from harness.plugin.models import ModelFactory
 from harness.plugin.options import SuiteOptions
+from harness.progress import NO_PROGRESS
 from harness.report.matrix import matrix_table, matrix_to_json, request_stats, summarise_matrix
 from harness.runs import RunRecorder, load_run
 from harness.server.client import Completion, OllamaClient
@@ -184,6 +185,7 @@ def _factory(engine: Any, client: OllamaClient, reports: Path, *, keep_models: b
         recorder=recorder,
         require_client=lambda: client,
         add_model=added.append,
+        progress=NO_PROGRESS,
     )
     return ModelFactory(session)
 
@@ -200,7 +202,9 @@ def test_kept_models_are_found_again_not_recreated(engine: Any, tmp_path: Path) 
     assert not first.reused and again.reused
     assert again.name == first.name == f"harness-oracle-q4_0-{first.name.split('-')[-1]}"
     assert again.digest == first.digest and again.file_size == first.file_size
-    assert fresh.name != first.name and not fresh.reused  # without --keep-models: a name of its own run
+    assert (
+        fresh.name != first.name and not fresh.reused
+    )  # without --harness-keep-models: a name of its own run
     assert first.tensor_type == "q4_0" and first.file_size and first.setup_s is not None
 
 

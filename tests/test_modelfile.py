@@ -304,6 +304,7 @@ def _run(argv: list[str]) -> int:
 
 def test_cli_render_writes_a_parseable_modelfile(tmp_path: Path) -> None:
     out = tmp_path / "Modelfile"
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # only its path goes into the Modelfile
     status = _run(
         [
             "modelfile",
@@ -327,6 +328,17 @@ def test_cli_render_writes_a_parseable_modelfile(tmp_path: Path) -> None:
     modelfile = parse_modelfile(out.read_text())
     assert modelfile.parameters == {"stop": ["<|im_start|>", "<|im_end|>", "x", "y"], "num_ctx": 64}
     assert modelfile.system == "hello"
+
+
+def test_cli_render_with_a_missing_gguf_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    status = main(["modelfile", "render", "gemma", "--gguf", str(tmp_path / "missing.gguf")])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert "--gguf" in captured.err and "missing.gguf: no such file" in captured.err
 
 
 def test_cli_check_prints_create_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

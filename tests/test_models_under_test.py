@@ -1,4 +1,4 @@
-"""harness.plugin.models: names, what a GGUF should show, and the --gguf gate."""
+"""harness.plugin.models: names, what a GGUF should show, and the --harness-gguf gate."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from harness.testing.helpers import run_pytest
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "suites"
 if importlib.util.find_spec("xdist") is None:
-    pytest.skip("needs the scale extra (pip install 'ollama-harness[scale]')", allow_module_level=True)
+    pytest.skip("needs the scale extra (pip install 'ollama-test-harness[scale]')", allow_module_level=True)
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -10,7 +10,8 @@ command word. Each is exercised by its kind, in a copy of the checkout (harness.
   order and must print exactly what is shown (paths aside). A code span in prose is a mention: the
   sub-command's `--help` must work and list every option the span names.
 - `scripts/run-suites.sh ...`: run for real on an embedded engine (the README's `localhost:11434` swapped
-  for it, models named by `--model` created on it), narrowed by $PYTEST_ADDOPTS to one test and one item.
+  for it, models named by `--harness-model` created on it), narrowed by $PYTEST_ADDOPTS to one test and one
+  item.
 - `scripts/test.sh ...`: the lint and type checks for real, then pytest with `--collect-only`.
 - `pytest ...`: with `--collect-only`.
 - `docker compose ...`: a known sub-command and options, and one compose file in the repository root that
@@ -51,9 +52,11 @@ SHELL_FENCES = {"sh", "bash", "shell"}
 PROMPT = "$ "
 README_OLLAMA_HOSTS = {"localhost:11434", "127.0.0.1:11434"}
 # One quick test and one item per suite run: the point is that the command and its options work.
-NARROW_SUITES = "-k test_generate_completes --max-items 1 --num-predict 8"
+NARROW_SUITES = "-k test_generate_completes --harness-max-items 1 --harness-num-predict 8"
 # A run for `harness report` to read: a load test too, so that its latency metrics exist.
-REPORT_SUITES = "-k 'test_generate_completes or test_closed_loop' --max-items 1 --num-predict 8"
+REPORT_SUITES = (
+    "-k 'test_generate_completes or test_closed_loop' --harness-max-items 1 --harness-num-predict 8"
+)
 COMMAND_TIMEOUT_S = 180
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 # `docker compose` sub-commands a README may show, with the options this test knows they take.
@@ -191,13 +194,13 @@ def write_readme_files(workspace: Path) -> None:
 
 
 def readme_models() -> list[str]:
-    """The models the README's commands name with --model (created on the engine as stand-ins)."""
+    """The models the README's commands name with --harness-model (created on the engine as stand-ins)."""
     return sorted(
         {
             command.argv[i + 1]
             for command in COMMANDS
             for i, arg in enumerate(command.argv[:-1])
-            if arg == "--model"
+            if arg == "--harness-model"
         }
     )
 

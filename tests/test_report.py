@@ -440,7 +440,7 @@ def test_history_of_unknown_metric_names_the_known_ones(three_runs, capsys):
 def test_plot_without_matplotlib_says_how_to_install(three_runs, capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
     status, _, err = report(capsys, str(three_runs["repeat"]), "--plot", str(tmp_path / "plot.png"))
-    assert status == 2 and "pip install ollama-harness[plot]" in err
+    assert status == 2 and "pip install 'ollama-test-harness[plot]'" in err
 
 
 def test_plot_draws_a_png(three_runs, capsys, tmp_path):

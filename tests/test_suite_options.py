@@ -43,7 +43,7 @@ def test_threshold_precedence_flag_then_config_then_suite_file_then_default(tmp_
 
 
 def test_positive_int() -> None:
-    assert positive_int("3", "--repeats") == 3
-    assert positive_int(None, "--max-items") is None
-    with pytest.raises(HarnessError, match="--repeats '0' must be an integer >= 1"):
-        positive_int("0", "--repeats")
+    assert positive_int("3", "--harness-repeats") == 3
+    assert positive_int(None, "--harness-max-items") is None
+    with pytest.raises(HarnessError, match="--harness-repeats '0' must be an integer >= 1"):
+        positive_int("0", "--harness-repeats")

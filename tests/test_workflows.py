@@ -170,7 +170,7 @@ def test_caches_and_artifact_hold_what_the_steps_write() -> None:
     run_dirs = {
         PurePosixPath(match)
         for step in nightly_job()["steps"]
-        for match in re.findall(r"--run-dir\s+(\S+)", step.get("run", ""))
+        for match in re.findall(r"--harness-run-dir\s+(\S+)", step.get("run", ""))
     }
     assert len(run_dirs) == 4, f"one run folder per suite run (two per leg) expected, found {run_dirs}"
 
@@ -311,7 +311,7 @@ def upgrade_leg(runs: list[StepRun]) -> list[StepRun]:
 
 
 def night_runs(workspace: Path) -> dict[str, Path]:
-    """The run folder each suite run wrote, by its --run-dir name (the `latest` links are tonight's)."""
+    """The run folder each suite run wrote, by its --harness-run-dir name (`latest` links are tonight's)."""
     return {link.parent.name: link.resolve() for link in (workspace / "reports").glob("*/latest")}
 
 
@@ -329,7 +329,10 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
 
     # Night 1: one lifecycle test per suite run; everything passes, no baseline yet.
     first = run_nightly_steps(
-        workspace, nightly_engine, "-k test_generate_completes --max-items 1 --num-predict 8", night=1
+        workspace,
+        nightly_engine,
+        "-k test_generate_completes --harness-max-items 1 --harness-num-predict 8",
+        night=1,
     )
     assert all(run.returncode == 0 for run in first), explain(first)
     for needle, count in (("scripts/setup-venv.sh", 1), ("pytest suites/", 2), ("harness report", 1)):
@@ -358,7 +361,7 @@ def test_nightly_steps_run_on_the_embedded_engine(tmp_path: Path, nightly_engine
     second = run_nightly_steps(
         workspace,
         nightly_engine,
-        "-k 'test_generate_completes or test_math' --max-items 2 --num-predict 8",
+        "-k 'test_generate_completes or test_math' --harness-max-items 2 --harness-num-predict 8",
         night=2,
     )
     fixtures_step, quality_step = by_command(pinned(second), "pytest suites/")

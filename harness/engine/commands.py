@@ -31,7 +31,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models", type=Path, help="models folder (default OLLAMA_MODELS or ~/.ollama/models)"
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the server's log level (default info)",
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

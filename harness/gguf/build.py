@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class BuiltModel:
     sha256: str
     size: int
     spec_hash: str
+    from_cache: bool = field(default=False, compare=False)  # build_cached found it built (not identity)
 
 
 def build_gguf(spec: ModelSpec, path: str | os.PathLike[str], *, progress: bool | None = None) -> BuiltModel:
@@ -259,7 +260,9 @@ def _read_cached(gguf_path: Path, sidecar: Path, spec_hash: str) -> BuiltModel |
         return None
     if record.get("spec_hash") != spec_hash or record.get("size") != size:
         return None
-    return BuiltModel(path=gguf_path, sha256=str(record["sha256"]), size=size, spec_hash=spec_hash)
+    return BuiltModel(
+        path=gguf_path, sha256=str(record["sha256"]), size=size, spec_hash=spec_hash, from_cache=True
+    )
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.datafiles import data_dir
 from harness.errors import SpecError
 from harness.gguf.types import QUANT_BLOCK_SIZE, QUANTIZED_TYPES, TENSOR_TYPES
 
@@ -38,11 +39,11 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 def fixtures_dir() -> Path:
-    """Folder holding the profile TOML files ($HARNESS_FIXTURES_DIR, else the repository's `fixtures/`)."""
+    """Folder holding the profile TOML files ($HARNESS_FIXTURES_DIR, else `fixtures/`: harness.datafiles)."""
     override = os.environ.get("HARNESS_FIXTURES_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "fixtures"
+    return data_dir("fixtures")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,7 @@ line says `Result: FAILED` with why; 2 for unusable options.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib.util
 import json
@@ -24,12 +25,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import DISTRIBUTION
 from harness.errors import HarnessError
 from harness.load.generator import LoadResult, RequestSample, base_url, run_closed_loop
+from harness.progress import Progress, StreamProgress
 from harness.runs import RunRecorder
 
 MASTER_LOG = "locust-master.log"
@@ -125,7 +130,7 @@ def run_locust(
     if not requests and not duration_s:
         raise HarnessError("a Locust run needs an end", "pass --requests N or --duration S (or both)")
     if importlib.util.find_spec("locust") is None:
-        raise HarnessError("Locust is not installed", "pip install 'ollama-harness[scale]' (or locust)")
+        raise HarnessError("Locust is not installed", f"pip install '{DISTRIBUTION}[scale]' (or locust)")
     url = base_url(host)
     port = _free_port()
     with contextlib.ExitStack() as stack:
@@ -226,8 +231,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--users", type=int, default=4, help="concurrent streams (default 4)")
     parser.add_argument("--requests", type=int, help="requests in all")
     parser.add_argument("--duration", type=float, help="seconds (Locust only)")
-    parser.add_argument("--api", choices=("generate", "chat"), default="generate")
-    parser.add_argument("--prompt", default="Why is the sky blue? Be brief.")
+    parser.add_argument(
+        "--api",
+        choices=("generate", "chat"),
+        default="generate",
+        help="the endpoint to load (default generate)",
+    )
+    parser.add_argument(
+        "--prompt",
+        default="Why is the sky blue? Be brief.",
+        help="the prompt of every request (chat: as the user)",
+    )
     parser.add_argument("--options", default="{}", help="request options as a JSON object")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
     parser.add_argument("--scenario", help="scenario name in the run record (default from the settings)")
@@ -303,11 +317,14 @@ def handle(args: argparse.Namespace) -> int:
         raise HarnessError(
             "an in-process run needs --requests N", "e.g. --requests 100 (--duration is Locust's)"
         )
+    progress = LoadProgress(args.requests, StreamProgress())
     with RunRecorder.create(run_dir, {**meta, "server": _server_meta(args.host)}) as recorder:
         result = run_closed_loop(
             args.host, args.model, concurrency=args.users, requests=args.requests, prompt=args.prompt,
             options=options, timeout_s=args.timeout, api=args.api, transport="httpx",
+            on_sample=progress.sample,
         )  # fmt: skip
+        progress.close()
         record = result.to_record(args.model, args.scenario or f"c{args.users}")
         record.update(
             host=args.host,
@@ -316,6 +333,42 @@ def handle(args: argparse.Namespace) -> int:
         )
         recorder.append(record)
     return _print(recorder, result, [], allow_busy=args.allow_busy)
+
+
+class LoadProgress:
+    """`load: 37/200 requests, 1 error, 12.3 req/s`: requests done, errors, and the rate over the last
+    `window_s` seconds, as a status line (on a terminal only: harness.progress.StreamProgress)."""
+
+    def __init__(
+        self,
+        total: int,
+        progress: Progress,
+        *,
+        window_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.progress = progress
+        self.window_s = window_s
+        self.clock = clock
+        self.done = 0
+        self.errors = 0
+        self._ends: collections.deque[float] = collections.deque()
+        self.started = clock()
+
+    def sample(self, sample: RequestSample) -> None:
+        now = self.clock()
+        self.done += 1
+        self.errors += sample.outcome != "ok"
+        self._ends.append(now)
+        while self._ends and self._ends[0] < now - self.window_s:
+            self._ends.popleft()
+        rate = len(self._ends) / max(min(self.window_s, now - self.started), 1e-3)
+        errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
+        self.progress.update(f"load: {self.done}/{self.total} requests, {errors}, {rate:.1f} req/s")
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def failed_requests(result: LoadResult, *, allow_busy: bool) -> list[str]:

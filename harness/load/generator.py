@@ -517,8 +517,10 @@ async def closed_loop(
     stall_timeout_s: float | None = 60.0,
     api: Api = "generate",
     transport: Transport = "ollama",
+    on_sample: Callable[[RequestSample], None] | None = None,
 ) -> LoadResult:
-    """Async closed loop: `concurrency` workers share `requests` requests (see the module docstring)."""
+    """Async closed loop: `concurrency` workers share `requests` requests (see the module docstring);
+    `on_sample` sees each request's sample as it ends (progress)."""
     if concurrency < 1 or requests < 0:
         raise HarnessError(
             f"bad closed-loop size: concurrency={concurrency}, requests={requests}",
@@ -534,6 +536,8 @@ async def closed_loop(
         async def worker() -> None:
             for _ in tickets:
                 samples.append(await session.request(model, prompt, options))
+                if on_sample is not None:
+                    on_sample(samples[-1])
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check = commands.add_parser(
         "check", help="parse a Modelfile and print the /api/create fields it gives (as JSON)"
     )
-    check.add_argument("modelfile", type=Path)
+    check.add_argument("modelfile", type=Path, help="the Modelfile to parse")
     check.set_defaults(func=check_command)
 
     listing = commands.add_parser("list", help="list the shipped Modelfile templates")
@@ -85,7 +85,13 @@ def _warn_unsupported_template(text: str | None) -> None:
 def render_command(args: argparse.Namespace) -> int:
     variables: dict[str, object] = dict(_pairs(args.var, "--var"))
     if args.gguf is not None:
-        variables["gguf_path"] = str(args.gguf.expanduser().resolve())
+        gguf = args.gguf.expanduser()
+        if not gguf.is_file():
+            raise ModelfileError(
+                f"--gguf {args.gguf}: no such file",
+                "pass the path of the GGUF file the Modelfile should name",
+            )
+        variables["gguf_path"] = str(gguf.resolve())
     if args.param:
         parameters: dict[str, object] = {}
         for name, value in _pairs(args.param, "--param"):

@@ -17,10 +17,11 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from harness.datafiles import data_dir
 from harness.errors import ModelfileError
 from harness.modelfile.parse import quote
 
-MODELFILES_DIR = Path(__file__).resolve().parents[2] / "modelfiles"
+MODELFILES_DIR = data_dir("modelfiles")
 
 # ---------------------------------------------------------------------------------------------- rendering
 

@@ -7,11 +7,11 @@ nothing until a suites folder activates it: `suites/conftest.py` calls `activate
   answering at the default address, or the embedded engine), reads its version, and says so in the header;
 - records every test outcome, and lets tests record prompt, suite, load and memory results;
 - stops the run at once, with one error naming the server, when the server stops answering;
-- deletes the models it created (unless --keep-models), stops the engine it started, and marks the run
+- deletes the models it created (unless --harness-keep-models), stops the engine it started, and marks the run
   complete, or incomplete with the reason (interrupted, server died, internal error).
 
 Exit statuses are pytest's, plus: 2 when the session cannot start (a host the user named does not answer,
-the --gguf file has check errors, a bad option): the message says why, without a traceback.
+the --harness-gguf file has check errors, a bad option): the message says why, without a traceback.
 """
 
 from __future__ import annotations
@@ -46,52 +46,62 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "test several (one after another, or one per pytest-xdist worker with -n)",
     )
     group.addoption(
-        "--embedded-engine",
+        "--harness-embedded-engine",
         action="store_true",
         help="always test on the embedded engine started for the session, whatever answers elsewhere",
     )
     group.addoption(
-        "--model", dest="harness_model", metavar="NAME", help="run the suites on this existing model"
+        "--harness-model", dest="harness_model", metavar="NAME", help="run the suites on this existing model"
     )
     group.addoption(
-        "--gguf", dest="harness_gguf", metavar="PATH", help="run the suites on this GGUF file (checked first)"
+        "--harness-gguf",
+        dest="harness_gguf",
+        metavar="PATH",
+        help="run the suites on this GGUF file (checked first)",
     )
     group.addoption(
-        "--profile",
+        "--harness-profile",
         dest="harness_profile",
         metavar="NAME",
         default=DEFAULT_PROFILE,
-        help=f"fixture profile of the model under test when no --model/--gguf (default {DEFAULT_PROFILE})",
+        help="fixture profile of the model under test when no --harness-model/--harness-gguf "
+        f"(default {DEFAULT_PROFILE})",
     )
     group.addoption(
-        "--modelfile",
+        "--harness-modelfile",
         dest="harness_modelfile",
         metavar="TEMPLATE",
         help="Modelfile template (a modelfiles/*.j2 name or a path) for the created models",
     )
-    group.addoption("--keep-models", action="store_true", help="do not delete the models the run created")
     group.addoption(
-        "--run-dir", metavar="DIR", default="reports", help="folder of the run records (reports/)"
+        "--harness-keep-models", action="store_true", help="do not delete the models the run created"
     )
     group.addoption(
-        "--threshold",
+        "--harness-run-dir", metavar="DIR", default="reports", help="folder of the run records (reports/)"
+    )
+    group.addoption(
+        "--harness-threshold",
         dest="harness_thresholds",
         metavar="SUITE=VALUE",
         action="append",
         default=[],
         help="minimum accuracy of a quality suite, e.g. math=0.6 (overrides harness.toml)",
     )
-    group.addoption("--repeats", metavar="N", default="1", help="ask every quality item N times (pass rate)")
-    group.addoption("--max-items", metavar="N", default=None, help="ask only the first N items of each suite")
     group.addoption(
-        "--num-predict",
+        "--harness-repeats", metavar="N", default="1", help="ask every quality item N times (pass rate)"
+    )
+    group.addoption(
+        "--harness-max-items", metavar="N", default=None, help="ask only the first N items of each suite"
+    )
+    group.addoption(
+        "--harness-num-predict",
         metavar="N",
         default=None,
         help="tokens per quality answer (default: harness.toml [suites] num_predict, else each suite "
         "file's num_predict)",
     )
     group.addoption(
-        "--fewshot",
+        "--harness-fewshot",
         dest="harness_fewshot",
         metavar="K",
         default=None,
@@ -99,7 +109,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "for base models without a chat template (default 0)",
     )
     group.addoption(
-        "--request-timeout",
+        "--harness-request-timeout",
         metavar="S",
         default=str(DEFAULT_REQUEST_TIMEOUT_S),
         help=f"seconds one request may take (default {DEFAULT_REQUEST_TIMEOUT_S:g})",
@@ -108,14 +118,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--harness-config", metavar="PATH", help="harness.toml to use (default: found from the cwd up)"
     )
     group.addoption(
-        "--matrix",
+        "--harness-matrix",
         dest="harness_matrix",
         metavar="TYPES",
         help="run the suites once per tensor type, e.g. f32,f16,q8_0,q4_0 (fixture: built in each type; "
-        "--gguf: quantized by the server at create where it can)",
+        "--harness-gguf: quantized by the server at create where it can)",
     )
     group.addoption(
-        "--engine-models-dir",
+        "--harness-engine-models-dir",
         metavar="DIR",
         help="models folder of the embedded engine (default: a temporary folder removed at the end)",
     )
@@ -124,7 +134,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quality: a quality suite (an expected failure on fixture models)")
     config.addinivalue_line(
-        "markers", "fixture_weights(reason): needs the fixture models; skipped with --model/--gguf"
+        "markers",
+        "fixture_weights(reason): needs the fixture models; skipped with --harness-model/--harness-gguf",
     )
     config.addinivalue_line(
         "markers",
@@ -187,9 +198,23 @@ def fixture_models(harness_session: Any) -> Iterator[Any]:
     yield factory
 
 
+@pytest.fixture
+def harness_property(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    """`harness_property(name, value)`: a fact about this test for run.json and --junitxml.
+
+    Like pytest's `record_property`, without its warning under the default junit family (xunit2): the value
+    goes to the test report's `user_properties`, which run.json keeps and which pytest's junitxml writes as
+    the test case's `<property>` elements in every family."""
+
+    def record(name: str, value: object) -> None:
+        request.node.user_properties.append((name, value))
+
+    return record
+
+
 @pytest.fixture(scope="session")
 def matrix_type(request: pytest.FixtureRequest) -> str | None:
-    """The tensor type of this --matrix parameter (None without --matrix)."""
+    """The tensor type of this --harness-matrix parameter (None without --harness-matrix)."""
     return getattr(request, "param", None)
 
 
@@ -197,8 +222,8 @@ def matrix_type(request: pytest.FixtureRequest) -> str | None:
 def model_under_test(
     request: pytest.FixtureRequest, harness_session: Any, fixture_models: Any, matrix_type: str | None
 ) -> Any:
-    """The model the suites test: --model, --gguf (created from the file), or the fixture profile's model;
-    with --matrix, that model in the tensor type of this parameter.
+    """The model the suites test: --harness-model, --harness-gguf (created from the file), or the fixture
+    profile's model; with --harness-matrix, that model in the tensor type of this parameter.
 
     Most tests need it, so when it cannot be set up the run ends at once with the reason (exit status 2).
     A matrix type the server cannot quantize to skips its tests with the reason instead.
@@ -233,10 +258,10 @@ def model_under_test(
 def run_quality_suite(
     harness_session: Any, ollama_client: Any, model_under_test: Any
 ) -> Callable[[str], Any]:
-    """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml (--max-items,
-    --repeats, --num-predict, --fewshot), grade, record, and return the `harness.quality.run.SuiteOutcome`.
-    An item's schema goes as `format`, its tools as `tools` (the response is then the reply's content and
-    tool calls, `harness.quality.json_graders.tool_reply`)."""
+    """`run_quality_suite("math")`: ask the model under test every item of suites/data/math.yaml
+    (--harness-max-items, --harness-repeats, --harness-num-predict, --harness-fewshot), grade, record, and
+    return the `harness.quality.run.SuiteOutcome`. An item's schema goes as `format`, its tools as `tools`
+    (the response is then the reply's content and tool calls, `harness.quality.json_graders.tool_reply`)."""
     # lazy: pytest loads this plugin in every run; a session's modules load when it starts
     from harness.quality.json_graders import tool_reply
     from harness.quality.run import Answer, Generation
@@ -275,6 +300,7 @@ def run_quality_suite(
             repeats=options.repeats,
             expected_to_fail=options.uses_fixture_model,
             generation=generation,
+            progress=harness_session.progress,
         )
 
     return run

@@ -22,6 +22,7 @@ from harness.plugin.options import (
     SuiteOptions,
     options_from_pytest,
 )
+from harness.plugin.progress import TerminalProgress
 from harness.server_time import ServerTimeLog
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class HarnessPlugin:
         self.collected: list[str] = []  # node ids in the order they run
         self.reported: set[str] = set()  # node ids with an outcome record
         self._previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
+        self._sessionstart_seen = False
 
     # -------------------------------------------------------------------------------------------- start
 
@@ -80,6 +82,7 @@ class HarnessPlugin:
             started = time.perf_counter()
             options = options_from_pytest(self.config)
             self.harness = HarnessSession.start(options, suites=[str(arg) for arg in self.config.args])
+            self.harness.show_progress(TerminalProgress(self.config))
             self.harness.recorder.update({"session_start_s": round(time.perf_counter() - started, 6)})
             self.server_time = log_server_time(self.harness)
             if options.matrix:
@@ -91,6 +94,10 @@ class HarnessPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._sessionstart_seen = True
+        self._start_or_exit()
+
+    def _start_or_exit(self) -> None:
         if self.config.option.collectonly:
             return
         try:
@@ -98,6 +105,17 @@ class HarnessPlugin:
         except HarnessError as error:
             pytest.exit(f"ollama-harness cannot start: {error}", returncode=EXIT_CANNOT_START)
         self._install_sigterm()
+
+    def _start_late(self) -> None:
+        """Start a session activated after pytest's session start (`pytest --pyargs harness.data.suites`
+        finds the suites' conftest only while collecting), and print the header it missed."""
+        self._sessionstart_seen = True
+        self._start_or_exit()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        lines = self.pytest_report_header(self.config)
+        if reporter is not None and lines:
+            for line in lines:
+                reporter.write_line(line)
 
     def _install_sigterm(self) -> None:
         """SIGTERM ends the run like Ctrl-C: fixtures clean up and the run is kept, marked incomplete."""
@@ -135,7 +153,7 @@ class HarnessPlugin:
     # -------------------------------------------------------------------------------------------- collection
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        """--matrix: every test of the model under test runs once per tensor type (a session-scoped
+        """--harness-matrix: every test of the model under test runs once per tensor type (a session-scoped
         parameter, so each type's model is set up once and its tests run together)."""
         if "matrix_type" not in metafunc.fixturenames:
             return
@@ -157,6 +175,8 @@ class HarnessPlugin:
 
     @pytest.hookimpl(trylast=True)  # after pytest's own reordering by session-scoped parameters
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if not self._sessionstart_seen:
+            self._start_late()
         # Cases that may kill the server (broken files: Ollama 0.24 dies on some) run last, so that a server
         # they kill costs only what comes after them, never the quality, load or memory suites.
         items[:] = destructive_last(items)
@@ -169,7 +189,7 @@ class HarnessPlugin:
             fixture_weights = item.get_closest_marker("fixture_weights")
             if fixture_weights is not None and not options.uses_fixture_model:
                 reason = fixture_weights.args[0] if fixture_weights.args else "it needs the fixture models"
-                item.add_marker(pytest.mark.skip(reason=f"--model/--gguf given: {reason}"))
+                item.add_marker(pytest.mark.skip(reason=f"--harness-model/--harness-gguf given: {reason}"))
             if item.get_closest_marker("quality") is not None and options.uses_fixture_model:
                 item.add_marker(
                     pytest.mark.xfail(

@@ -1,10 +1,10 @@
 """The quantization matrix: the same model in several tensor types, side by side.
 
-`pytest suites/ --matrix f32,f16,q8_0,q4_0` runs the suites once per type. A fixture profile is built in each
-type (`harness.gguf`); a user's F32/F16 GGUF (`--gguf`) is created as it is for its own type and, for the
-others, with the server quantizing at create (`quantize`). A type the server refuses gets skipped with its
-reason (Ollama and the embedded engine write f32, f16, q8_0, q4_K_M and q4_K_S, only from an F16, BF16 or
-F32 file).
+`pytest suites/ --harness-matrix f32,f16,q8_0,q4_0` runs the suites once per type. A fixture profile is built
+in each type (`harness.gguf`); a user's F32/F16 GGUF (`--harness-gguf`) is created as it is for its own type
+and, for the others, with the server quantizing at create (`quantize`). A type the server refuses gets skipped
+with its reason (Ollama and the embedded engine write f32, f16, q8_0, q4_K_M and q4_K_S, only from an F16,
+BF16 or F32 file).
 
 This module plans the matrix (`parse_matrix`, `MatrixEntry`) and records each type's outcome in run.json;
 `harness.report.matrix` sums it up for `harness report`.
@@ -28,7 +28,7 @@ class QuantizeNotSupported(HarnessError):
 
 
 def parse_matrix(text: str | None, *, fixture: bool) -> tuple[str, ...]:
-    """`--matrix f32,f16,q8_0,q4_0` as a tuple of types, widest first; () when not given.
+    """`--harness-matrix f32,f16,q8_0,q4_0` as a tuple of types, widest first; () when not given.
 
     With a fixture profile (`fixture`) only the types the builder writes are allowed; for a user's GGUF any
     type the server may quantize to (kept as written: Ollama spells them `q4_K_M`).
@@ -39,16 +39,19 @@ def parse_matrix(text: str | None, *, fixture: bool) -> tuple[str, ...]:
     allowed = TENSOR_TYPES if fixture else tuple(TYPE_BITS)
     if not names:
         raise HarnessError(
-            f"--matrix {text!r} names no tensor type", f"e.g. --matrix {','.join(TENSOR_TYPES)}"
+            f"--harness-matrix {text!r} names no tensor type",
+            f"e.g. --harness-matrix {','.join(TENSOR_TYPES)}",
         )
     seen: set[str] = set()
     for name in names:
         key = type_key(name)
         if key not in allowed:
             where = "a fixture profile is built in" if fixture else "known types are"
-            raise HarnessError(f"--matrix: unknown tensor type {name!r}", f"{where}: {', '.join(allowed)}")
+            raise HarnessError(
+                f"--harness-matrix: unknown tensor type {name!r}", f"{where}: {', '.join(allowed)}"
+            )
         if key in seen:
-            raise HarnessError(f"--matrix names {name!r} twice", "name each tensor type once")
+            raise HarnessError(f"--harness-matrix names {name!r} twice", "name each tensor type once")
         seen.add(key)
     return tuple(sorted(names, key=lambda name: -TYPE_BITS[type_key(name)]))
 

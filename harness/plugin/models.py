@@ -4,9 +4,10 @@ Fixture profile -> GGUF (`build_cached`) -> Modelfile rendered from `modelfiles/
 (HEAD first) -> structured create fields -> model created under a unique name
 `harness-<profile>[-<type>]-<hash8>-<run6>` (hash of the file, the Modelfile and any `quantize`). A user's
 GGUF goes the same way after `check_gguf` (errors stop the run with the findings). An existing model
-(`--model`) is only looked up. Models this session created are deleted at its end (unless --keep-models; see
-harness.plugin). With --keep-models the name has no run part, so a re-run with nothing changed finds the
-model on the server and creates nothing (GGUFs are cached by spec hash: `build_cached`).
+(`--harness-model`) is only looked up. Models this session created are deleted at its end (unless
+--harness-keep-models; see harness.plugin). With --harness-keep-models the name has no run part, so a re-run
+with nothing changed finds the model on the server and creates nothing (GGUFs are cached by spec hash:
+`build_cached`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from harness.server.client import OllamaRequestError
 FIXTURE_MODELFILE = (
     "fixture"  # modelfiles/fixture.j2: FROM the file, a TEMPLATE that passes the prompt through
 )
-# A user's GGUF without --modelfile gets a Modelfile with only FROM: the server picks the template (from the
-# file's tokenizer.chat_template), as `ollama create` does.
+# A user's GGUF without --harness-modelfile gets a Modelfile with only FROM: the server picks the template
+# (from the file's tokenizer.chat_template), as `ollama create` does.
 _NAME_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -48,10 +49,10 @@ class ModelUnderTest:
     digest: str | None = None
     modelfile: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    tensor_type: str | None = None  # the type asked by --matrix (None: the file's own)
+    tensor_type: str | None = None  # the type asked by --harness-matrix (None: the file's own)
     quantize: str | None = None  # the `quantize` the create asked of the server
     file_size: int | None = None  # bytes of the model's files, as the server lists them
-    reused: bool = False  # already on the server (--keep-models re-run): not created again
+    reused: bool = False  # already on the server (--harness-keep-models re-run): not created again
     setup_s: float | None = None  # seconds to build, upload and create (or find) it
     identity: dict[str, Any] = field(
         default_factory=dict
@@ -157,7 +158,7 @@ def check_user_gguf(path: Path) -> Any:
     from harness.gguf.check import check_gguf
 
     if not path.is_file():
-        raise HarnessError(f"--gguf {path}: no such file", "pass the path of a .gguf file")
+        raise HarnessError(f"--harness-gguf {path}: no such file", "pass the path of a .gguf file")
     report = check_gguf(path)
     if not report.ok:
         findings = "\n".join(
@@ -165,7 +166,7 @@ def check_user_gguf(path: Path) -> Any:
             for finding in report.errors
         )
         raise HarnessError(
-            f"--gguf {path} has {len(report.errors)} error(s); it would not load:\n{findings}",
+            f"--harness-gguf {path} has {len(report.errors)} error(s); it would not load:\n{findings}",
             "fix the file (harness gguf check shows every finding), or test another file",
         )
     return report
@@ -187,7 +188,7 @@ class ModelFactory:
 
     @property
     def _run_suffix(self) -> str | None:
-        """The run id in model names; none with --keep-models, so that a re-run finds its models again."""
+        """The run id in model names; none with --harness-keep-models, so a re-run finds its models again."""
         return None if self.session.options.keep_models else self.session.recorder.run_id
 
     def from_profile(
@@ -199,8 +200,8 @@ class ModelFactory:
         weights: str | None = None,
     ) -> ModelUnderTest:
         """The fixture model of `profile` (built, created and remembered on first use); `tensor_type`
-        builds it in another type than the profile's (the --matrix), `weights` with another weight recipe
-        (an oracle's vocabulary and template with `random` weights: a negative control)."""
+        builds it in another type than the profile's (the --harness-matrix), `weights` with another weight
+        recipe (an oracle's vocabulary and template with `random` weights: a negative control)."""
         key = f"profile:{profile}:{modelfile}:{tensor_type}:{weights}"
         if key not in self._by_key:
             # lazy: pytest loads this plugin in every run; a session's modules load when it starts
@@ -213,7 +214,12 @@ class ModelFactory:
                 spec = spec.replace(tensor_type=tensor_type)
             if weights is not None:
                 spec = spec.replace(weights=weights)
+            progress = self.session.progress
+            progress.update(f"{spec.name}: building the GGUF file (or taking it from the cache)")
             built = build_cached(spec)
+            progress.note(
+                f"{spec.name}: GGUF {'from the cache' if built.from_cache else 'built'}: {built.path}"
+            )
             kind = "-".join(part for part in (spec.name, tensor_type, weights) if part)
             self._by_key[key] = self._create(
                 kind,
@@ -264,7 +270,7 @@ class ModelFactory:
         return str(level) if level else None
 
     def existing(self, name: str) -> ModelUnderTest:
-        """A model already on the server (`--model`): looked up, never created nor deleted."""
+        """A model already on the server (`--harness-model`): looked up, never created nor deleted."""
         key = f"model:{name}"
         if key not in self._by_key:
             # lazy: pytest loads this plugin in every run; a session's modules load when it starts
@@ -274,7 +280,7 @@ class ModelFactory:
                 shown = self.client.show(name)
             except ServerError as error:
                 raise HarnessError(
-                    f"--model {name}: {error.message}",
+                    f"--harness-model {name}: {error.message}",
                     "list the server's models with `ollama list`, or pull the model first",
                 ) from error
             model = ModelUnderTest(

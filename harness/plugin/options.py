@@ -1,6 +1,6 @@
 """The suites' options: command-line flags and harness.toml, validated once.
 
-Thresholds, highest precedence first: the command line (`--threshold math=0.6`), then `harness.toml`
+Thresholds, highest precedence first: the command line (`--harness-threshold math=0.6`), then `harness.toml`
 (`[suites.thresholds.math]`, per model name pattern), then `DEFAULT_THRESHOLDS`. A bad value is a
 `HarnessError` that names the flag and the fix.
 """
@@ -47,18 +47,18 @@ class SuiteOptions:
     repeats: int = 1
     max_items: int | None = None
     num_predict: int | None = None  # --num-predict (None: harness.toml, else each suite file)
-    fewshot: int = 0  # --fewshot K: solved examples before each question
+    fewshot: int = 0  # --harness-fewshot K: solved examples before each question
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     engine_models_dir: Path | None = None
-    matrix: tuple[str, ...] = ()  # --matrix: tensor types, widest first (harness.plugin.matrix)
+    matrix: tuple[str, ...] = ()  # --harness-matrix: tensor types, widest first (harness.plugin.matrix)
 
     @property
     def uses_fixture_model(self) -> bool:
-        """True when the model under test is built from a fixture profile (no --model, no --gguf)."""
+        """True when the model under test is built from a fixture profile (no --harness-model/-gguf)."""
         return self.model is None and self.gguf is None
 
     def threshold(self, suite: str, model: str, suite_default: float | None = None) -> float:
-        """The accuracy `suite` must reach on `model`: --threshold, else harness.toml
+        """The accuracy `suite` must reach on `model`: --harness-threshold, else harness.toml
         (`[suites.thresholds.<suite>]`, by model name pattern), else the suite file's own threshold, else
         `DEFAULT_THRESHOLDS`."""
         if suite in self.threshold_flags:
@@ -110,10 +110,10 @@ def parse_suite_threshold(text: str) -> tuple[str, float]:
     suite = suite.strip()
     if not sep or not suite:
         raise HarnessError(
-            f"--threshold {text!r} is not SUITE=VALUE",
-            f"write e.g. --threshold math=0.6 (suites: {', '.join(QUALITY_SUITES)})",
+            f"--harness-threshold {text!r} is not SUITE=VALUE",
+            f"write e.g. --harness-threshold math=0.6 (suites: {', '.join(QUALITY_SUITES)})",
         )
-    return suite, _fraction(value_text.strip(), f"--threshold {text}")
+    return suite, _fraction(value_text.strip(), f"--harness-threshold {text}")
 
 
 def _fraction(text: Any, where: str) -> float:
@@ -127,13 +127,13 @@ def _fraction(text: Any, where: str) -> float:
 
 
 def parse_threshold_flags(flags: Sequence[str]) -> dict[str, float]:
-    """The `--threshold SUITE=VALUE` flags as a table (a later flag for the same suite wins)."""
+    """The `--harness-threshold SUITE=VALUE` flags as a table (a later flag for the same suite wins)."""
     thresholds: dict[str, float] = {}
     for flag in flags:
         suite, value = parse_suite_threshold(flag)
         if suite not in QUALITY_SUITES:
             raise HarnessError(
-                f"--threshold {flag}: unknown suite {suite!r}",
+                f"--harness-threshold {flag}: unknown suite {suite!r}",
                 f"thresholds apply to the quality suites: {', '.join(QUALITY_SUITES)}",
             )
         thresholds[suite] = value
@@ -159,22 +159,29 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
     """The validated SuiteOptions from the command line and harness.toml; raises HarnessError."""
     get = config.getoption
     model, gguf = get("harness_model"), get("harness_gguf")
-    if get("embedded_engine") and get("ollama_host"):
-        raise HarnessError("--embedded-engine and --ollama-host both given", "choose one server to test")
+    if get("harness_embedded_engine") and get("ollama_host"):
+        raise HarnessError(
+            "--harness-embedded-engine and --ollama-host both given", "choose one server to test"
+        )
     if model and gguf:
-        raise HarnessError("--model and --gguf both given", "test an existing model or a GGUF file, not both")
-    timeout = get("request_timeout")
+        raise HarnessError(
+            "--harness-model and --harness-gguf both given", "test an existing model or a GGUF file, not both"
+        )
+    timeout = get("harness_request_timeout")
     try:
         request_timeout = float(timeout)
     except ValueError:
         request_timeout = 0.0
     if request_timeout <= 0:
-        raise HarnessError(f"--request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120")
-    engine_models_dir = get("engine_models_dir")
+        raise HarnessError(
+            f"--harness-request-timeout {timeout!r} must be a positive number of seconds", "e.g. 120"
+        )
+    engine_models_dir = get("harness_engine_models_dir")
     if model and get("harness_matrix"):
         raise HarnessError(
-            "--matrix with --model: an existing model has one tensor type",
-            "use --matrix with a fixture profile or with --gguf (an F16/F32 file the server can quantize)",
+            "--harness-matrix with --harness-model: an existing model has one tensor type",
+            "use --harness-matrix with a fixture profile or with --harness-gguf "
+            "(an F16/F32 file the server can quantize)",
         )
     matrix: tuple[str, ...] = ()
     if get("harness_matrix") is not None:
@@ -188,19 +195,19 @@ def options_from_pytest(config: pytest.Config) -> SuiteOptions:
     return SuiteOptions(
         host=hosts[0] if hosts else None,
         hosts=hosts,
-        embedded=bool(get("embedded_engine")),
+        embedded=bool(get("harness_embedded_engine")),
         model=model,
         gguf=Path(gguf).expanduser() if gguf else None,
         profile=get("harness_profile"),
         modelfile=get("harness_modelfile"),
-        keep_models=bool(get("keep_models")),
-        run_dir=Path(get("run_dir")),
+        keep_models=bool(get("harness_keep_models")),
+        run_dir=Path(get("harness_run_dir")),
         threshold_flags=parse_threshold_flags(get("harness_thresholds")),
         config=load_config(get("harness_config")),
-        repeats=positive_int(get("repeats"), "--repeats") or 1,
-        max_items=positive_int(get("max_items"), "--max-items"),
-        num_predict=positive_int(get("num_predict"), "--num-predict"),
-        fewshot=positive_int(get("harness_fewshot"), "--fewshot", minimum=0) or 0,
+        repeats=positive_int(get("harness_repeats"), "--harness-repeats") or 1,
+        max_items=positive_int(get("harness_max_items"), "--harness-max-items"),
+        num_predict=positive_int(get("harness_num_predict"), "--harness-num-predict"),
+        fewshot=positive_int(get("harness_fewshot"), "--harness-fewshot", minimum=0) or 0,
         request_timeout_s=request_timeout,
         engine_models_dir=Path(engine_models_dir) if engine_models_dir else None,
         matrix=matrix,

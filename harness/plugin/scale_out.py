@@ -38,6 +38,7 @@ from harness.plugin.hooks import (
 )
 from harness.plugin.hosts import HostRecorder, LocalSink, WorkerSink, host_label, parse_hosts
 from harness.plugin.options import SuiteOptions, options_from_pytest
+from harness.plugin.progress import TerminalProgress
 from harness.runs import RunRecorder
 from harness.server.reach import normalize_url, probe
 
@@ -135,6 +136,7 @@ class ScaleOutPlugin(HarnessPlugin):
                 recorder = HostRecorder(self.sink, label, run_path, run_id)
                 options = dataclasses.replace(self.options, host=host or self.options.host)
                 session = HarnessSession.start(options, recorder=recorder)
+                session.show_progress(TerminalProgress(self.config))
                 self.sessions[host] = session
                 self.server_times[host] = log_server_time(session)
                 if self.harness is None:

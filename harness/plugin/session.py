@@ -2,8 +2,8 @@
 
 `HarnessSession.start` opens the run folder first (so that even a failure to reach the server is recorded),
 then reaches the server (`harness.server`), reads its version, and keeps everything on an `ExitStack` that
-`finish` unwinds: models this session created are deleted (unless --keep-models), an embedded engine is
-stopped, and the run is marked complete or incomplete with the reason.
+`finish` unwinds: models this session created are deleted (unless --harness-keep-models), an embedded engine
+is stopped, and the run is marked complete or incomplete with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import HarnessError, ServerError
 from harness.plugin.hosts import HostRecorder
 from harness.plugin.options import SuiteOptions
+from harness.progress import NO_PROGRESS, Progress
 from harness.runs import RunRecorder
 from harness.server.reach import Server, reach_server, requested_host
 
@@ -63,6 +64,13 @@ class HarnessSession:
         self.models: list[ModelUnderTest] = []
         self.server_down: str | None = None
         self.interrupted: str | None = None
+        self.progress: Progress = NO_PROGRESS  # set by the plugin: harness.plugin.progress
+
+    def show_progress(self, progress: Progress) -> None:
+        """Report model set-up and quality prompts to `progress` (the client's uploads and creates too)."""
+        self.progress = progress
+        if self.client is not None:
+            self.client.progress = progress
 
     @classmethod
     def start(
@@ -231,7 +239,7 @@ class HarnessSession:
                 self.recorder.update({"models": [entry.to_record() for entry in self.models]})
 
     def delete_created_models(self) -> list[str]:
-        """Delete every model this session created (unless --keep-models); returns the problems met."""
+        """Delete every model this session created (unless --harness-keep-models); returns the problems."""
         problems: list[str] = []
         if self.options.keep_models or self.client is None or self.server_down is not None:
             return problems

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.progress import NO_PROGRESS, Progress
 from harness.quality.scoring import (
     GradeResult,
     Item,
@@ -157,12 +158,14 @@ def run_quality_suite(
     repeats: int = 1,
     expected_to_fail: bool = False,
     generation: Generation | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> SuiteOutcome:
     """Ask (the item with the suite's formatted prompt, with `generation.fewshot` examples), grade and record
     every item `repeats` times; returns the outcome (also recorded as the "suite" record).
 
     A `HarnessError` while asking one item (the server refused it, a timeout) is recorded as a failed answer
-    with its reason, and the suite goes on; anything else (the server died) propagates.
+    with its reason, and the suite goes on; anything else (the server died) propagates. Each graded answer
+    is a `progress` step (item, verdict, running accuracy); the sum is a note.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -194,6 +197,7 @@ def run_quality_suite(
                     result = replace(result, reason=f"cut off at num_predict {budget}: {result.reason}")
             outcome.results.append((item.id, result))
             outcome.responses.append(answer.text if answer else None)
+            progress.step(_progress_line(outcome, len(items) * repeats, item.id, result, answer is None))
             record(
                 {
                     "kind": "prompt",
@@ -214,4 +218,22 @@ def run_quality_suite(
                 }
             )
     record(outcome.to_record())
+    progress.note(
+        f"{suite.name}: {len(outcome.results)} answers graded, accuracy {outcome.accuracy_strict:.1%} strict "
+        f"({outcome.accuracy_flexible:.1%} flexible), threshold {threshold:.1%}"
+    )
     return outcome
+
+
+def _progress_line(outcome: SuiteOutcome, total: int, item_id: str, result: GradeResult, failed: bool) -> str:
+    """`math 3/56 arith-multiply: wrong, accuracy 33.3 % strict`: one graded answer, as progress."""
+    if failed:
+        verdict = "request failed"
+    elif result.passed:
+        verdict = "right"
+    else:
+        verdict = "right (flexible only)" if result.score_flexible > 0 else "wrong"
+    done = len(outcome.results)
+    return (
+        f"{outcome.suite} {done}/{total} {item_id}: {verdict}, accuracy {outcome.accuracy_strict:.1%} strict"
+    )

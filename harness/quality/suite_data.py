@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from harness.datafiles import data_dir
 from harness.errors import SuiteDataError
 from harness.quality import json_graders  # noqa: F401  (registers the JSON and tool-call graders)
 from harness.quality.scoring import Item, Rubric, get_grader, grader_names
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "suites" / "data"
+DATA_DIR = data_dir("suites") / "data"
 DIFFICULTIES = ("easy", "medium", "hard")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _HEADER_KEYS = {
@@ -42,7 +43,7 @@ _HINT = "fix the file (see suites/data/README.md for the format)"
 
 @dataclass(frozen=True)
 class FewShotExample:
-    """A solved example shown before the question (`--fewshot K`): never one of the scored items."""
+    """A solved example shown before the question (`--harness-fewshot K`): never one of the scored items."""
 
     prompt: str
     solution: str
@@ -90,8 +91,10 @@ class Suite:
             return f"{item.prompt.strip()}\n\n{self.instruction.strip()}"
         if fewshot > len(self.fewshot):
             raise SuiteDataError(
-                f"--fewshot {fewshot}: suite {self.name!r} has only {len(self.fewshot)} few-shot example(s)",
-                f"use --fewshot {len(self.fewshot)} or fewer, or add examples to 'fewshot' in {self.path}",
+                f"--harness-fewshot {fewshot}: suite {self.name!r} has only {len(self.fewshot)} "
+                "few-shot example(s)",
+                f"use --harness-fewshot {len(self.fewshot)} or fewer, or add examples to 'fewshot' in "
+                f"{self.path}",
             )
         examples = "\n\n".join(example.as_text() for example in self.fewshot[:fewshot])
         return f"{self.instruction.strip()}\n\n{examples}\n\nQuestion: {item.prompt.strip()}\n"

@@ -1,6 +1,6 @@
 """`harness report --plot FILE.png`: latency distributions (current against baseline) and a metric's history.
 
-matplotlib is an optional extra (`pip install ollama-harness[plot]`); it is imported here, when asked for.
+matplotlib is an optional extra (`pip install 'ollama-test-harness[plot]'`), imported here when asked for.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from harness import DISTRIBUTION
 from harness.errors import HarnessError
 from harness.report.compare import RunReport
 from harness.report.metrics import HistoryRow, identity_of, load_by_identity
@@ -25,7 +26,7 @@ def _pyplot() -> Any:
     except ImportError as error:
         raise HarnessError(
             "--plot needs matplotlib, which is not installed",
-            "pip install ollama-harness[plot]",
+            f"pip install '{DISTRIBUTION}[plot]'",
         ) from error
     return pyplot
 

@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 import ollama
 import pydantic
-from ollama._client import _parse_host  # the official client's host parsing (OLLAMA_HOST forms)
 
 from harness.errors import GGUFReadError, ServerError
 from harness.http_tls import verify_for
 from harness.modelfile.parse import Command, Modelfile, parse_modelfile
+from harness.ollama_host import parse_host
+from harness.progress import NO_PROGRESS, Progress
 from harness.server.failures import (
     CONNECT_ERRORS,
     DEFAULT_STATUS_HINT,
@@ -40,6 +42,7 @@ from harness.server.failures import (
     TRANSPORT_FAILURES,
     Failure,
 )
+from harness.units import format_value
 
 __all__ = ["STRUCTURED_CREATE_SINCE", "Completion", "OllamaClient", "OllamaRequestError", "parse_version"]
 
@@ -154,7 +157,7 @@ class OllamaClient:
         stall_timeout: float | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        self.url = _parse_host(host)
+        self.url = parse_host(host)
         self.timeout = timeout
         self.stall_timeout = stall_timeout if stall_timeout is not None else timeout
         self.connect_timeout = connect_timeout
@@ -170,6 +173,8 @@ class OllamaClient:
         # and with (request, seconds) for every other request and for a generate/chat that failed.
         self.on_completion: Callable[[Completion], None] | None = None
         self.on_request: Callable[[str, float], None] | None = None
+        # Where blob hashing and upload (bytes) and create (Ollama's statuses) report (harness.progress).
+        self.progress: Progress = NO_PROGRESS
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -316,9 +321,13 @@ class OllamaClient:
         path = Path(path)
         digest_hash = hashlib.sha256()
         try:
+            total = format_value(path.stat().st_size, "bytes")
             with path.open("rb") as handle:
                 while chunk := handle.read(_HASH_CHUNK):
                     digest_hash.update(chunk)
+                    self.progress.update(
+                        f"hashing {path.name}: {format_value(handle.tell(), 'bytes')} / {total}"
+                    )
         except OSError as error:
             raise GGUFReadError(
                 f"cannot read {path}: {error.strerror or error}", "check the path to the model file"
@@ -336,8 +345,24 @@ class OllamaClient:
                 status_code=head.status_code,
             )
         with path.open("rb") as handle:
-            self._raw("POST", f"/api/blobs/{digest}", f"upload of {path.name}", content=handle)
+            size = os.fstat(handle.fileno()).st_size
+            self._raw(
+                "POST",
+                f"/api/blobs/{digest}",
+                f"upload of {path.name}",
+                content=self._reported_chunks(handle, f"uploading {path.name}", total),
+                headers={"Content-Length": str(size)},
+            )
+        self.progress.note(f"uploaded {path.name} ({total})")
         return digest
+
+    def _reported_chunks(self, handle: BinaryIO, label: str, total: str) -> Iterator[bytes]:
+        """The file's bytes in chunks, reporting how many were sent."""
+        sent = 0
+        while chunk := handle.read(_HASH_CHUNK):
+            sent += len(chunk)
+            self.progress.update(f"{label}: {format_value(sent, 'bytes')} / {total}")
+            yield chunk
 
     def create_model(
         self,
@@ -419,6 +444,9 @@ class OllamaClient:
             nonlocal last
             for progress in self._official.create(**fields, stream=True):
                 last = progress.status
+                done = f" {progress.completed}/{progress.total}" if progress.total else ""
+                self.progress.update(f"{request}: {last}{done}")
+            self.progress.note(f"{request}: {last}")
             if last != "success":
                 raise OllamaRequestError(
                     f"Ollama at {self.url} ended {request} without 'success' (last status: {last!r})",

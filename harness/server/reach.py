@@ -21,6 +21,7 @@ import psutil
 
 from harness.errors import ServerError
 from harness.http_tls import verify_for
+from harness.ollama_host import parse_host
 
 DEFAULT_HOST = "127.0.0.1:11434"
 READY_TEXT = "Ollama is running"
@@ -44,9 +45,7 @@ class HostRequest:
 
 def normalize_url(host: str) -> str:
     """Base URL for an OLLAMA_HOST-style value, by the official client's own rules (default port 11434)."""
-    from ollama._client import _parse_host  # the client's parser: we must agree with it exactly
-
-    return _parse_host(host)
+    return parse_host(host)
 
 
 def requested_host(option: str | None, environ: Mapping[str, str] | None = None) -> HostRequest:
@@ -209,7 +208,8 @@ def reach_server(
             url=started.url,
             kind="embedded",
             how=(
-                f"{'--embedded-engine:' if embedded else f'nothing answered at {request.host}, so'} this "
+                f"{'--harness-embedded-engine:' if embedded else f'nothing answered at {request.host}, so'} "
+                "this "
                 f"session started the embedded engine at {started.host} (pid {started.pid}, models in "
                 f"{models_dir})"
             ),

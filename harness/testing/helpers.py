@@ -39,12 +39,26 @@ def clean_environ(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
+def pytest_command(run_dir: Path, *args: str) -> list[str]:
+    """`python -m pytest -p no:cacheprovider --harness-run-dir RUN_DIR ARGS`: the suites in a child."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--harness-run-dir",
+        str(run_dir),
+        *args,
+    ]
+
+
 def run_pytest(
     run_dir: Path, *args: str, cwd: Path, timeout: float, env: Mapping[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], float]:
-    """`python -m pytest -p no:cacheprovider --run-dir RUN_DIR ARGS` in a child process with a clean
+    """`python -m pytest -p no:cacheprovider --harness-run-dir RUN_DIR ARGS` in a child process with a clean
     environment (plus `env`): the finished process (output captured) and its wall time in seconds."""
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--run-dir", str(run_dir), *args]
+    command = pytest_command(run_dir, *args)
     started = time.perf_counter()
     done = subprocess.run(
         command,

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pytest-args",
         default="",
         metavar="ARGS",
-        help="extra options for both suite runs, as one string (e.g. \"-k 'not broken' --model M\")",
+        help="extra options for both suite runs, as one string (e.g. \"-k 'not broken' --harness-model M\")",
     )
     add_judging_options(parser)
     parser.set_defaults(func=run_upgrade_check)
@@ -81,7 +81,7 @@ def run_suites(host: str, suites: Path, reports_dir: Path, extra: list[str]) -> 
         str(suites),
         "--ollama-host",
         host,
-        "--run-dir",
+        "--harness-run-dir",
         str(reports_dir),
         "-q",
         "-p",

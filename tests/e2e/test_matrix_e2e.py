@@ -1,4 +1,4 @@
-"""End to end: `pytest suites/ --matrix ...` on the embedded engine, and `harness report` on its run.
+"""End to end: `pytest suites/ --harness-matrix ...` on the embedded engine, and `harness report` on its run.
 
 Kept short with -k: the oracle profile in f32 and q4_0 (built in each type), and a user's F32 GGUF that the
 embedded engine quantizes to q8_0 and q4_K_M at create but not to q4_0 (Ollama quantizes to no q4_0): that
@@ -27,7 +27,15 @@ SELECTED = "test_oracle_ or num_predict or ps_size or math"
 def test_matrix_runs_each_type_and_the_report_shows_it(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     done, _ = run_suites(
-        reports, str(SUITES), "--embedded-engine", "--matrix", "q4_0,f32", "-k", SELECTED, "--max-items", "2"
+        reports,
+        str(SUITES),
+        "--harness-embedded-engine",
+        "--harness-matrix",
+        "q4_0,f32",
+        "-k",
+        SELECTED,
+        "--harness-max-items",
+        "2",
     )
     assert done.returncode == 0, explain(done)
     run = only_run(reports)
@@ -68,12 +76,12 @@ def test_the_server_quantizes_a_users_gguf_and_a_type_it_cannot_is_skipped_with_
     done, _ = run_suites(
         reports,
         str(SUITES / "test_lifecycle.py"),
-        "--embedded-engine",
-        "--gguf",
+        "--harness-embedded-engine",
+        "--harness-gguf",
         str(f32.path),
-        "--modelfile",
+        "--harness-modelfile",
         "fixture",
-        "--matrix",
+        "--harness-matrix",
         "f32,q8_0,q4_K_M,q4_0",
         "-k",
         "num_predict",

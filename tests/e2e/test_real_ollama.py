@@ -40,7 +40,7 @@ def ollama(tmp_path: Path) -> Iterator[str]:
 
 
 def test_every_suite_runs_on_a_real_ollama(ollama: str, tmp_path: Path) -> None:
-    extra = shlex.split(os.environ.get("HARNESS_OLLAMA_SUITE_ARGS", "--max-items 3"))
+    extra = shlex.split(os.environ.get("HARNESS_OLLAMA_SUITE_ARGS", "--harness-max-items 3"))
     done, _ = run_pytest(
         tmp_path / "reports",
         "-rA",

@@ -1,9 +1,10 @@
 """End to end: `pytest suites/` in a subprocess on the embedded engine, then the run folder it wrote.
 
-Each test runs the suites as a user would (a fresh pytest process with the plugin), with `--embedded-engine`
-so that whatever listens on 127.0.0.1:11434 is left alone, and reads the run folder back with
-`harness.runs.load_run`. The full default run is `slow`; the default test run covers the positive control,
-the negative control (random weights score about zero and fail), startup errors and a server death.
+Each test runs the suites as a user would (a fresh pytest process with the plugin), with
+`--harness-embedded-engine` so that whatever listens on 127.0.0.1:11434 is left alone, and reads the run
+folder back with `harness.runs.load_run`. The full default run is `slow`; the default test run covers the
+positive control, the negative control (random weights score about zero and fail), startup errors and a server
+death.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from harness.gguf.build import build_cached
 from harness.gguf.spec import load_profile
 from harness.runs import RunRecord, load_run
 from harness.server.client import OllamaClient
-from harness.testing.helpers import run_pytest
+from harness.testing.helpers import pytest_command, run_pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = REPO / "suites"
@@ -64,7 +65,9 @@ def explain(done: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.mark.timeout(300)
 def test_oracle_positive_control_and_lifecycle_pass(tmp_path: Path) -> None:
-    done, _ = run_suites(tmp_path, str(SUITES / "test_lifecycle.py"), "--embedded-engine", "-k", "not broken")
+    done, _ = run_suites(
+        tmp_path, str(SUITES / "test_lifecycle.py"), "--harness-embedded-engine", "-k", "not broken"
+    )
     assert done.returncode == 0, explain(done)
     assert "started the embedded engine" in done.stdout, "the header must say the engine was started"
     run = only_run(tmp_path)
@@ -88,14 +91,14 @@ def test_random_weights_score_about_zero_and_fail_the_quality_suites(tmp_path: P
         tmp_path,
         str(SUITES / "test_math.py"),
         str(SUITES / "test_quantum.py"),
-        "--embedded-engine",
-        "--gguf",
+        "--harness-embedded-engine",
+        "--harness-gguf",
         str(tiny.path),
-        "--modelfile",
+        "--harness-modelfile",
         "fixture",
-        "--max-items",
+        "--harness-max-items",
         "12",
-        "--num-predict",
+        "--harness-num-predict",
         "24",
     )
     assert done.returncode == 1, explain(done)
@@ -116,7 +119,13 @@ def test_random_weights_score_about_zero_and_fail_the_quality_suites(tmp_path: P
 @pytest.mark.timeout(300)
 def test_fixture_quality_runs_are_strict_expected_failures(tmp_path: Path) -> None:
     done, _ = run_suites(
-        tmp_path, str(SUITES / "test_math.py"), "--embedded-engine", "--max-items", "3", "--repeats", "2"
+        tmp_path,
+        str(SUITES / "test_math.py"),
+        "--harness-embedded-engine",
+        "--harness-max-items",
+        "3",
+        "--harness-repeats",
+        "2",
     )
     assert done.returncode == 0, explain(done)
     run = only_run(tmp_path)
@@ -142,7 +151,7 @@ def test_an_existing_server_and_model_are_used_as_they_are(tmp_path: Path) -> No
             str(SUITES / "test_lifecycle.py"),
             "--ollama-host",
             engine.host,
-            "--model",
+            "--harness-model",
             "user-model",
             "-k",
             "not broken",
@@ -193,12 +202,14 @@ def assert_failed_to_start(reports: Path, reason: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_missing_gguf_leaves_latest_where_it_was(tmp_path: Path) -> None:
-    """A session that fails to start (--gguf of a missing file) does not move `latest` off the last run."""
+    """A session that fails to start (--harness-gguf of a missing file) leaves `latest` on the last run."""
     reports = tmp_path / "reports"
     earlier = reports / "20200101-000000-aaaaaa"
     earlier.mkdir(parents=True)
     (reports / "latest").symlink_to(earlier.name)
-    done, _ = run_suites(reports, str(SUITES), "--embedded-engine", "--gguf", str(tmp_path / "missing.gguf"))
+    done, _ = run_suites(
+        reports, str(SUITES), "--harness-embedded-engine", "--harness-gguf", str(tmp_path / "missing.gguf")
+    )
     assert done.returncode == 2, explain(done)
     assert "missing.gguf" in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
     assert (reports / "latest").resolve() == earlier.resolve()
@@ -210,9 +221,14 @@ def test_a_missing_gguf_leaves_latest_where_it_was(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_missing_model_stops_the_run_at_once(tmp_path: Path) -> None:
-    done, _ = run_suites(tmp_path, str(SUITES), "--embedded-engine", "--model", "no-such-model")
+    done, _ = run_suites(
+        tmp_path, str(SUITES), "--harness-embedded-engine", "--harness-model", "no-such-model"
+    )
     assert done.returncode == 2, explain(done)
-    assert "--model no-such-model" in done.stdout + done.stderr and "not found" in done.stdout + done.stderr
+    assert (
+        "--harness-model no-such-model" in done.stdout + done.stderr
+        and "not found" in done.stdout + done.stderr
+    )
     assert "Traceback" not in done.stdout + done.stderr
     run = only_run(tmp_path)
     assert run.status == "incomplete" and "could not be set up" in (run.incomplete_reason or "")
@@ -221,7 +237,9 @@ def test_a_missing_model_stops_the_run_at_once(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_a_gguf_with_check_errors_stops_the_run_with_its_findings(tmp_path: Path) -> None:
     broken = write_broken("missing-context-length", load_profile("tiny"), tmp_path / "broken.gguf")
-    done, _ = run_suites(tmp_path / "reports", str(SUITES), "--embedded-engine", "--gguf", str(broken))
+    done, _ = run_suites(
+        tmp_path / "reports", str(SUITES), "--harness-embedded-engine", "--harness-gguf", str(broken)
+    )
     assert done.returncode == 2, explain(done)
     output = done.stdout + done.stderr
     assert "llama.context_length" in output and "Traceback" not in output
@@ -250,7 +268,7 @@ def test_server_death_ends_the_run_at_once_and_keeps_it_incomplete(tmp_path: Pat
             """
         )
     )
-    done, wall = run_suites(tmp_path / "reports", str(suite), "--embedded-engine", cwd=suite)
+    done, wall = run_suites(tmp_path / "reports", str(suite), "--harness-embedded-engine", cwd=suite)
     assert wall < 60, f"the run took {wall:.0f} s after the server died"
     assert done.returncode == 2, explain(done)
     assert "stopped answering" in done.stdout
@@ -292,7 +310,7 @@ def test_destructive_cases_run_last_and_a_server_they_kill_is_a_finding(tmp_path
             """
         )
     )
-    done, _ = run_suites(tmp_path / "reports", str(suite), "--embedded-engine", cwd=suite)
+    done, _ = run_suites(tmp_path / "reports", str(suite), "--harness-embedded-engine", cwd=suite)
     assert done.returncode == 2, explain(done)
     run = only_run(tmp_path / "reports")
     order = [(record["nodeid"].split("::")[1], record["outcome"]) for record in run.of_kind("test")]
@@ -333,16 +351,7 @@ def test_an_interrupted_run_is_kept_incomplete_and_leaves_no_server(tmp_path: Pa
     reports = tmp_path / "reports"
     env = {key: value for key, value in os.environ.items() if key != "OLLAMA_HOST"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "--run-dir",
-            str(reports),
-            "--embedded-engine",
-        ],
+        pytest_command(reports, "--harness-embedded-engine"),
         cwd=suite,
         env=env,
         stdout=subprocess.PIPE,
@@ -371,7 +380,7 @@ def test_an_interrupted_run_is_kept_incomplete_and_leaves_no_server(tmp_path: Pa
 
 @pytest.mark.timeout(900)
 def test_default_run_of_every_suite_writes_a_complete_run_folder(tmp_path: Path) -> None:
-    done, wall = run_suites(tmp_path, str(SUITES), "--embedded-engine", timeout=880)
+    done, wall = run_suites(tmp_path, str(SUITES), "--harness-embedded-engine", timeout=880)
     assert done.returncode == 0, explain(done)
     run = only_run(tmp_path)
     assert run.complete, run.incomplete_reason
@@ -404,12 +413,12 @@ def test_gemma3_270m_gguf_run_writes_a_complete_run_folder(tmp_path: Path) -> No
     done, _ = run_suites(
         tmp_path / "reports",
         str(SUITES),
-        "--embedded-engine",
-        "--gguf",
+        "--harness-embedded-engine",
+        "--harness-gguf",
         str(path),
-        "--modelfile",
+        "--harness-modelfile",
         "gemma",
-        "--max-items",
+        "--harness-max-items",
         "10",
         timeout=1700,
     )

@@ -27,7 +27,7 @@ import pytest
 
 from harness.engine import EmbeddedEngine
 from harness.runs import RunRecord, load_run
-from harness.testing.helpers import wait_until
+from harness.testing.helpers import pytest_command, wait_until
 
 from .conftest import start_engine
 
@@ -47,7 +47,7 @@ class SuiteRun:
         env = {
             key: value for key, value in os.environ.items() if key not in ("OLLAMA_HOST", "PYTEST_ADDOPTS")
         }
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--run-dir", str(reports), *args]
+        command = pytest_command(reports, *args)
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -185,7 +185,7 @@ def test_server_death_mid_suite_ends_the_run_within_10_s(
 
 
 def test_sigint_mid_run_keeps_a_whole_incomplete_run(tmp_path: Path) -> None:
-    run = SuiteRun(tmp_path / "reports", *SUITES, "--embedded-engine")
+    run = SuiteRun(tmp_path / "reports", *SUITES, "--harness-embedded-engine")
     try:
         run.wait_for(lambda: len(run.test_records()) >= RECORDS_BEFORE_FAULT, timeout=90)
         before = run.test_records()
@@ -210,7 +210,7 @@ def test_sigint_mid_run_keeps_a_whole_incomplete_run(tmp_path: Path) -> None:
 
 def test_two_runs_at_once_never_clobber_each_other(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
-    args = ("suites/test_lifecycle.py", "--embedded-engine", "-k", "num_predict or version")
+    args = ("suites/test_lifecycle.py", "--harness-embedded-engine", "-k", "num_predict or version")
     runs = [SuiteRun(reports, *args, log_name=f"pytest-{n}.log") for n in (1, 2)]
     try:
         for run in runs:
