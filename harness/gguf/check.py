@@ -43,8 +43,6 @@ from harness.gguf.findings import (
     MAX_FINDINGS_PER_CODE,
     CheckReport,
     Finding,
-    Severity,
-    printable,
 )
 from harness.gguf.reader import (
     DEFAULT_LIMITS,
@@ -107,29 +105,6 @@ class _Checker(TokenizerChecks):
         self.n_vocab: int | None = None
 
     # ----------------------------------------------------------------------------------------- helpers
-    def add(
-        self,
-        code: str,
-        message: str,
-        hint: str,
-        *,
-        key: str | None = None,
-        tensor: str | None = None,
-        severity: Severity | None = None,
-        offset: int | None = None,
-    ) -> None:
-        self.findings.append(
-            Finding(
-                code,
-                severity or CODES[code].severity,
-                printable(message),
-                printable(hint),
-                None if key is None else printable(key),
-                None if tensor is None else printable(tensor),
-                offset,
-            )
-        )
-
     def fmt(self, template: str) -> str:
         values = _SafeFormat(self.hparams.values)
         values["arch"] = self.arch or "?"

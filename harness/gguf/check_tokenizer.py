@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from harness.gguf import archs
 from harness.gguf.archs import ArchRule, HParams
-from harness.gguf.findings import Severity, short_repr
+from harness.gguf.findings import FindingSink, short_repr
 from harness.gguf.reader import (
     ArrayValue,
     GGUFHeader,
@@ -15,26 +15,13 @@ from harness.gguf.reader import (
 _BYTE_TOKEN_TYPE = 6  # llama_token_type LLAMA_TOKEN_TYPE_BYTE
 
 
-class TokenizerChecks:
-    """The tokenizer part of the checker; `check._Checker` provides the state and `add`."""
+class TokenizerChecks(FindingSink):
+    """The tokenizer part of the checker; `check._Checker` provides the state."""
 
     header: GGUFHeader
     arch: str | None
     rule: ArchRule | None
     hparams: HParams
-
-    def add(
-        self,
-        code: str,
-        message: str,
-        hint: str,
-        *,
-        key: str | None = None,
-        tensor: str | None = None,
-        severity: Severity | None = None,
-        offset: int | None = None,
-    ) -> None:
-        raise NotImplementedError
 
     def check_tokenizer(self) -> None:
         kvs = self.header.kvs

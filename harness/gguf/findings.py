@@ -253,3 +253,33 @@ def short_repr(text: object, limit: int = 60) -> str:
     """A value as a finding shows it: its repr, cut at `limit` characters."""
     shown = repr(text)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+class FindingSink:
+    """Where the checker's rules put what they find (`findings`, through `add`)."""
+
+    findings: list[Finding]
+
+    def add(
+        self,
+        code: str,
+        message: str,
+        hint: str,
+        *,
+        key: str | None = None,
+        tensor: str | None = None,
+        severity: Severity | None = None,
+        offset: int | None = None,
+    ) -> None:
+        """Record a finding; texts from the file are made printable, the severity defaults to the code's."""
+        self.findings.append(
+            Finding(
+                code,
+                severity or CODES[code].severity,
+                printable(message),
+                printable(hint),
+                None if key is None else printable(key),
+                None if tensor is None else printable(tensor),
+                offset,
+            )
+        )
